@@ -1,0 +1,50 @@
+"""Settings from HUTCH_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RunnerSettings(BaseSettings):
+    """The privileged runner: where it keeps state and how big sandboxes may be."""
+
+    model_config = SettingsConfigDict(env_prefix="HUTCH_RUNNER_", extra="forbid")
+
+    data_dir: Path = Field(default=Path("/var/lib/hutch"))
+    socket: Path | None = Field(default=None, description="Default: DATA_DIR/runner.sock")
+    storage_size_gb: int = Field(default=64, ge=1, description="Sparse size of the disk pool")
+    uid_base: int = Field(default=1_000_000, ge=100_000, description="First host uid given out")
+    max_sandboxes: int = Field(default=4096, ge=1, le=60000)
+    max_vcpu: int = Field(default=16, ge=1)
+    max_memory_mb: int = Field(default=65536, ge=128)
+    max_disk_mb: int = Field(default=262144, ge=64)
+    heartbeat_s: float = Field(default=10.0, gt=0, le=15.0)
+
+    def socket_path(self) -> Path:
+        """Where the runner listens."""
+        return self.socket or self.data_dir / "runner.sock"
+
+
+class Settings(BaseSettings):
+    """The API server."""
+
+    model_config = SettingsConfigDict(env_prefix="HUTCH_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("/var/lib/hutch"))
+    database_url: str | None = Field(default=None, description="Default: SQLite in DATA_DIR")
+    runner_socket: Path | None = Field(default=None, description="Default: DATA_DIR/runner.sock")
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_concurrent_sandboxes: int = Field(default=100, ge=1)
+    create_rate_per_minute: int = Field(default=600, ge=1)
+
+    def db_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'hutch.db'}"
+
+    def runner_socket_path(self) -> Path:
+        """Unix socket of the local runner."""
+        return self.runner_socket or self.data_dir / "runner.sock"

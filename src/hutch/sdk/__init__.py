@@ -1,0 +1,1 @@
+"""Python SDK: `Sandbox` and `AsyncSandbox`."""

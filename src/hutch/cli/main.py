@@ -1,4 +1,4 @@
-"""`hutch` — typer app; sub-commands live in their own modules."""
+"""`hutch` — the typer app; each command group lives in its own module."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ def version() -> None:
     """Print the version."""
     typer.echo(__version__)
 
+
+def _register() -> None:
+    # Each group registers itself on `app`; imported here so the modules stay independent.
+    from hutch.cli import groups
+
+    groups.register(app)
+
+
+_register()
 
 if __name__ == "__main__":
     app()

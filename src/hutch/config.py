@@ -15,6 +15,7 @@ class RunnerSettings(BaseSettings):
 
     data_dir: Path = Field(default=Path("/var/lib/hutch"))
     socket: Path | None = Field(default=None, description="Default: DATA_DIR/runner.sock")
+    template_dir: Path | None = Field(default=None, description="Default: DATA_DIR/templates")
     storage_size_gb: int = Field(default=64, ge=1, description="Sparse size of the disk pool")
     uid_base: int = Field(default=1_000_000, ge=100_000, description="First host uid given out")
     max_sandboxes: int = Field(default=4096, ge=1, le=60000)
@@ -22,6 +23,10 @@ class RunnerSettings(BaseSettings):
     max_memory_mb: int = Field(default=65536, ge=128)
     max_disk_mb: int = Field(default=262144, ge=64)
     heartbeat_s: float = Field(default=10.0, gt=0, le=15.0)
+
+    def templates_path(self) -> Path:
+        """Where read-only template layers are built and cached."""
+        return self.template_dir or self.data_dir / "templates"
 
     def socket_path(self) -> Path:
         """Where the runner listens."""

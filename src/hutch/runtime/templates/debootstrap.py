@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -234,9 +235,17 @@ def check_tools() -> None:
 
 
 def run_debootstrap(
-    cmd: list[str], target: Path, parser: DebootstrapProgress, env: Mapping[str, str]
+    cmd: list[str],
+    target: Path,
+    parser: DebootstrapProgress,
+    env: Mapping[str, str],
+    timeout_s: float = 3600.0,
 ) -> None:
-    """Run debootstrap, feeding its output to `parser`; raise with its last words on failure."""
+    """Run debootstrap, feeding its output to `parser`; raise with its last words on failure.
+
+    A stuck mirror must not hold the build lock forever, so the run is killed after
+    `timeout_s` seconds.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=20)
     proc = subprocess.Popen(
         cmd,
@@ -248,6 +257,15 @@ def run_debootstrap(
         errors="replace",
         bufsize=1,
     )
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    watchdog = threading.Timer(timeout_s, expire)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -258,6 +276,10 @@ def run_debootstrap(
         proc.kill()
         proc.wait()
         raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():
+        raise TemplateBuildError(f"debootstrap did not finish within {timeout_s:.0f} s")
     if rc != 0 or not parser.done:
         logfile = target / "debootstrap" / "debootstrap.log"
         detail = "; ".join(parser.errors) or "; ".join(list(tail)[-5:])

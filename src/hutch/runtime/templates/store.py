@@ -123,6 +123,13 @@ class TemplateStore:
             return None
         return m
 
+    def stale(self, name: str) -> bool:
+        """Whether a built template was made from a recipe other than the current one
+        (it stays usable; rebuilding it with force=True brings it up to date)."""
+        m = self.manifest(name)
+        recipe = self._recipes.get(name)
+        return m is not None and recipe is not None and m.recipe_sha256 != recipe.fingerprint()
+
     def layers(self, name: str) -> tuple[Path, ...]:
         """Read-only rootfs directories of a template, lowest first, for an overlay mount."""
         self._check_name(name)

@@ -1,0 +1,79 @@
+"""`python -m hutch.runner --data-dir DIR`: the privileged runner daemon."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from hutch.config import RunnerSettings
+from hutch.logs import configure_logging
+from hutch.models import IsolationClass
+from hutch.runner.app import create_app
+from hutch.runner.manager import SandboxManager
+from hutch.runtime.base import Runtime
+from hutch.runtime.namespace.runtime import NamespaceRuntime
+from hutch.runtime.templates import TemplateStore
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def build_runtimes(settings: RunnerSettings) -> dict[IsolationClass, Runtime]:
+    """Every isolation class this runner offers (unavailable ones report why)."""
+    runtimes: dict[IsolationClass, Runtime] = {
+        IsolationClass.namespace: NamespaceRuntime(settings.data_dir / "runtime"),
+    }
+    try:
+        from hutch.runtime.gvisor import GVisorRuntime  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        runtimes[IsolationClass.gvisor] = GVisorRuntime(settings.data_dir / "gvisor")
+    return runtimes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and serve the runner protocol on its unix socket."""
+    ap = argparse.ArgumentParser(prog="hutch-runner", description=__doc__)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--socket", type=Path, default=None)
+    args = ap.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir.resolve()
+    if args.socket is not None:
+        overrides["socket"] = args.socket
+    settings = RunnerSettings(**overrides)  # type: ignore[arg-type]
+    if os.geteuid() != 0:
+        sys.exit("hutch runner: must run as root (it is the only privileged Hutch process)")
+    configure_logging()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o711)
+    # Sandbox inits are re-parented to us when their launcher exits, so we can reap them.
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    manager = SandboxManager(
+        settings, build_runtimes(settings), TemplateStore(settings.templates_path())
+    )
+    path = settings.socket_path()
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)  # root and the hutch group only; never world-reachable
+    config = uvicorn.Config(
+        create_app(manager),
+        fd=sock.fileno(),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ws_max_size=16 * 1024 * 1024,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

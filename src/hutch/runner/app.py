@@ -1,0 +1,352 @@
+"""The runner protocol: HTTP + WebSocket (over a unix socket), documented by its OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import TypeAdapter, ValidationError
+
+from hutch import __version__
+from hutch.models import (
+    ErrorCode,
+    ExecRequest,
+    ExecResult,
+    ExecUser,
+    FileInfo,
+    HutchError,
+    IsolationInfo,
+    MakeDir,
+    ProcessInfo,
+    PtySize,
+    Rename,
+    RunnerCreate,
+    RunnerInfo,
+    SandboxInfo,
+    SandboxStats,
+    SetTimeout,
+    SignalRequest,
+    StdinRequest,
+    Stream,
+    TemplateInfo,
+    WriteInfo,
+)
+from hutch.models.exec import (
+    AttachFrame,
+    ClientFrame,
+    CloseStdinFrame,
+    ErrorFrame,
+    ExitFrame,
+    ResizeFrame,
+    SignalFrame,
+    StartedFrame,
+    StartFrame,
+    exit_code_for,
+)
+from hutch.models.files import Exists
+from hutch.runner.files import SandboxFiles
+from hutch.runner.manager import SandboxManager
+from hutch.runner.processes import Process, ProcessTable
+from hutch.runtime.base import ExitStatus
+from hutch.runtime.namespace.runtime import set_winsize
+
+PROBLEM = "application/problem+json"
+_frames: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+
+
+def problem_response(err: HutchError, instance: str | None = None) -> JSONResponse:
+    """problem+json for a HutchError."""
+    return JSONResponse(
+        err.problem(instance).model_dump(exclude_none=True),
+        status_code=err.status,
+        media_type=PROBLEM,
+        headers=err.headers,
+    )
+
+
+def validation_problem(exc: RequestValidationError | ValidationError) -> HutchError:
+    """A 422 that names each bad field and what is allowed."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        | ({"allowed": e["ctx"]} if e.get("ctx") else {})
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+    return HutchError(ErrorCode.invalid_request, f"invalid request: {summary}", errors=errors)
+
+
+def create_app(manager: SandboxManager) -> FastAPI:
+    """The runner's ASGI app; `manager` is started and stopped with it."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app = FastAPI(
+        title="Hutch runner protocol",
+        version=__version__,
+        lifespan=lifespan,
+        description="The privileged runner's API: sandboxes, exec, processes, files, events.",
+    )
+
+    @app.exception_handler(HutchError)
+    async def _hutch_error(request: Request, exc: HutchError) -> JSONResponse:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(validation_problem(exc), request.url.path)
+
+    def table(sid: str) -> ProcessTable:
+        sb = manager.running(sid)
+        assert sb.processes is not None
+        return sb.processes
+
+    def files(sid: str) -> SandboxFiles:
+        sb = manager.running(sid)
+        rt = manager.runtimes[sb.record.isolation]
+        return SandboxFiles(rt.root_path(sb.plan), sb.record.uid_base)
+
+    # ----------------------------------------------------------------- runner & sandboxes
+
+    @app.get("/v1/health", response_model=RunnerInfo)
+    async def health() -> RunnerInfo:
+        iso = []
+        for cls, rt in manager.runtimes.items():
+            h = rt.health()
+            iso.append(IsolationInfo(isolation=cls, available=h.available, reason=h.reason))
+        ns = manager.runtimes.get(next(iter(manager.runtimes)))
+        cg = getattr(ns, "cgroups", None)
+        return RunnerInfo(
+            version=__version__,
+            cgroup_version=cg.version if cg is not None else 0,
+            isolation=iso,
+            templates=manager.templates.list(),
+            sandboxes=len(manager.sandboxes),
+        )
+
+    @app.get("/v1/templates", response_model=list[TemplateInfo])
+    async def templates() -> list[TemplateInfo]:
+        return manager.templates.list()
+
+    @app.post("/v1/sandboxes", status_code=201, response_model=SandboxInfo)
+    async def create(req: RunnerCreate) -> SandboxInfo:
+        return await manager.create(req)
+
+    @app.get("/v1/sandboxes", response_model=list[SandboxInfo])
+    async def list_sandboxes() -> list[SandboxInfo]:
+        return manager.list()
+
+    @app.get("/v1/sandboxes/{sid}", response_model=SandboxInfo)
+    async def get(sid: str) -> SandboxInfo:
+        return manager.get(sid).record.info()
+
+    @app.delete("/v1/sandboxes/{sid}", status_code=204)
+    async def kill(sid: str) -> Response:
+        await manager.kill(sid)
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{sid}/timeout", response_model=SandboxInfo)
+    async def set_timeout(sid: str, body: SetTimeout) -> SandboxInfo:
+        return await manager.set_timeout(sid, body.timeout_s)
+
+    @app.get("/v1/sandboxes/{sid}/stats", response_model=SandboxStats)
+    async def stats(sid: str) -> SandboxStats:
+        return await manager.stats(sid)
+
+    # ----------------------------------------------------------------- exec & processes
+
+    @app.post("/v1/sandboxes/{sid}/exec", response_model=ExecResult | ProcessInfo)
+    async def exec_(sid: str, req: ExecRequest, response: Response) -> ExecResult | ProcessInfo:
+        t = table(sid)
+        if req.background:
+            proc = await t.start(req, keep_stdin=True)
+            response.status_code = 201
+            return proc.info()
+        if req.pty is not None:
+            raise HutchError(
+                ErrorCode.invalid_request, "a PTY needs the streaming endpoint (exec/stream)"
+            )
+        return await t.run(req)
+
+    @app.get("/v1/sandboxes/{sid}/processes", response_model=list[ProcessInfo])
+    async def processes(sid: str) -> list[ProcessInfo]:
+        return [p.info() for p in table(sid).procs.values()]
+
+    @app.post("/v1/sandboxes/{sid}/processes/{pid}/signal", status_code=204)
+    async def signal(sid: str, pid: int, body: SignalRequest) -> Response:
+        t = table(sid)
+        proc = t.get(pid)
+        if proc.status is None:
+            await t.runtime.signal(t.plan, pid, body.signal)
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{sid}/processes/{pid}/stdin", status_code=204)
+    async def stdin(sid: str, pid: int, body: StdinRequest) -> Response:
+        t = table(sid)
+        proc = t.get(pid)
+        if body.data:
+            await t.write_stdin(proc, body.data.encode())
+        if body.eof:
+            t.close_stdin(proc)
+        return Response(status_code=204)
+
+    @app.post("/v1/sandboxes/{sid}/processes/{pid}/wait", response_model=ExecResult)
+    async def wait(sid: str, pid: int) -> ExecResult:
+        t = table(sid)
+        return await t.wait_result(t.get(pid))
+
+    @app.websocket("/v1/sandboxes/{sid}/exec/stream")
+    async def exec_stream(ws: WebSocket, sid: str) -> None:
+        await ws.accept()
+        try:
+            first = _frames.validate_python(await ws.receive_json())
+            t = table(sid)
+            if isinstance(first, StartFrame):
+                proc = await t.start(first.request, keep_stdin=True)
+            elif isinstance(first, AttachFrame):
+                proc = t.get(first.pid)
+            else:
+                raise HutchError(
+                    ErrorCode.invalid_request, "the first frame must be start or attach"
+                )
+        except HutchError as e:
+            await _close_with(ws, ErrorFrame(code=e.code.value, detail=e.detail))
+            return
+        except (ValidationError, ValueError) as e:
+            err = validation_problem(e) if isinstance(e, ValidationError) else None
+            detail = err.detail if err else str(e)
+            await _close_with(ws, ErrorFrame(code=ErrorCode.invalid_request.value, detail=detail))
+            return
+        except WebSocketDisconnect:
+            return
+        queue = proc.subscribe(replay=True)
+        await ws.send_json(StartedFrame(pid=proc.pid).model_dump())
+        reader = asyncio.create_task(_client_frames(ws, t, proc))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, ExitStatus):
+                    await _close_with(ws, _exit_frame(proc, item))
+                    return
+                stream, data = item
+                await ws.send_bytes(bytes([stream]) + data)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        finally:
+            proc.subscribers.discard(queue)
+            reader.cancel()
+
+    # ----------------------------------------------------------------- files
+
+    Path_ = Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")]
+
+    @app.get("/v1/sandboxes/{sid}/files")
+    async def download(sid: str, path: Path_) -> StreamingResponse:
+        f = files(sid)
+        fd, size = f.open_read(path)  # errors surface before the response starts
+        return StreamingResponse(
+            f.read_chunks(fd),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
+
+    @app.put("/v1/sandboxes/{sid}/files", response_model=WriteInfo)
+    async def upload(
+        sid: str, path: Path_, request: Request, user: ExecUser = ExecUser.user
+    ) -> WriteInfo:
+        f = files(sid)
+        size = await f.write_stream(path, request.stream(), user=user.value)
+        return WriteInfo(path=path, size=size)
+
+    @app.get("/v1/sandboxes/{sid}/files/list", response_model=list[FileInfo])
+    async def list_dir(
+        sid: str, path: Path_, depth: Annotated[int, Query(ge=1, le=10)] = 1
+    ) -> list[FileInfo]:
+        return await asyncio.to_thread(files(sid).list, path, depth)
+
+    @app.get("/v1/sandboxes/{sid}/files/stat", response_model=FileInfo)
+    async def stat(sid: str, path: Path_) -> FileInfo:
+        return await asyncio.to_thread(files(sid).stat, path)
+
+    @app.get("/v1/sandboxes/{sid}/files/exists", response_model=Exists)
+    async def exists(sid: str, path: Path_) -> Exists:
+        return Exists(path=path, exists=await asyncio.to_thread(files(sid).exists, path))
+
+    @app.post("/v1/sandboxes/{sid}/files/mkdir", response_model=FileInfo)
+    async def mkdir(sid: str, body: MakeDir) -> FileInfo:
+        return await asyncio.to_thread(files(sid).make_dir, body.path, body.user.value)
+
+    @app.post("/v1/sandboxes/{sid}/files/rename", response_model=FileInfo)
+    async def rename(sid: str, body: Rename) -> FileInfo:
+        return await asyncio.to_thread(files(sid).rename, body.src, body.dst, body.overwrite)
+
+    @app.delete("/v1/sandboxes/{sid}/files", status_code=204)
+    async def remove(sid: str, path: Path_, recursive: bool = False) -> Response:
+        await asyncio.to_thread(files(sid).remove, path, recursive)
+        return Response(status_code=204)
+
+    # ----------------------------------------------------------------- events
+
+    @app.websocket("/v1/events")
+    async def events(ws: WebSocket) -> None:
+        await ws.accept()
+        q = manager.subscribe()
+        try:
+            while True:
+                ev = await q.get()
+                await ws.send_text(ev.model_dump_json())
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            manager.unsubscribe(q)
+
+    return app
+
+
+def _exit_frame(proc: Process, st: ExitStatus) -> ExitFrame:
+    return ExitFrame(
+        exit_code=exit_code_for(st.code, st.signal), signal=st.signal, timed_out=proc.timed_out
+    )
+
+
+async def _close_with(ws: WebSocket, frame: ExitFrame | ErrorFrame) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json(frame.model_dump())
+        await ws.close()
+
+
+async def _client_frames(ws: WebSocket, t: ProcessTable, proc: Process) -> None:
+    """Apply what the client sends: stdin bytes, resize, EOF, signals."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes") is not None:
+                data: bytes = msg["bytes"]
+                if data and data[0] in (Stream.stdin, Stream.pty) and proc.status is None:
+                    with contextlib.suppress(HutchError, OSError):
+                        await t.write_stdin(proc, data[1:])
+                continue
+            try:
+                frame = _frames.validate_json(msg.get("text") or "")
+            except ValidationError:
+                continue
+            if isinstance(frame, ResizeFrame) and proc.pty_master is not None:
+                set_winsize(proc.pty_master, PtySize(cols=frame.cols, rows=frame.rows))
+            elif isinstance(frame, CloseStdinFrame):
+                t.close_stdin(proc)
+            elif isinstance(frame, SignalFrame) and proc.status is None:
+                with contextlib.suppress(HutchError):
+                    await t.runtime.signal(t.plan, proc.pid, frame.signal)

@@ -1,0 +1,200 @@
+"""Per-sandbox cgroups on v1 (one hierarchy per controller) or v2 (unified) hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CPU_PERIOD_US = 100_000
+PARENT = "hutch"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a sandbox may use."""
+
+    vcpu: int
+    memory_bytes: int
+    pids: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a sandbox uses now."""
+
+    cpu_time_us: int
+    memory_bytes: int
+    memory_peak_bytes: int
+    pids: int
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mount point, fs type, super options) of every cgroup mount."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fstype, _src, sopts = post.split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                out.append((pre.split()[4], fstype, sopts))
+    return out
+
+
+class Cgroups:
+    """Creates, limits, reads and removes the cgroups of sandboxes under a `hutch` parent."""
+
+    V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+
+    def __init__(self) -> None:
+        mounts = _mounts()
+        self.v1: dict[str, Path] = {}
+        for point, fstype, sopts in mounts:
+            if fstype != "cgroup":
+                continue
+            for ctl in sopts.split(","):
+                if ctl in self.V1_CONTROLLERS and ctl not in self.v1:
+                    self.v1[ctl] = Path(point)
+        v2 = [Path(p) for p, t, _ in mounts if t == "cgroup2"]
+        self.v2: Path | None = None
+        if not all(c in self.v1 for c in ("cpu", "memory", "pids")):
+            # A unified host: the controllers live in the cgroup2 mount.
+            for p in v2:
+                ctrls = (p / "cgroup.controllers").read_text().split()
+                if {"cpu", "memory", "pids"} <= set(ctrls):
+                    self.v2 = p
+                    break
+            if self.v2 is None:
+                raise RuntimeError(
+                    "no usable cgroup hierarchy: need cpu, memory and pids controllers on "
+                    "cgroup v1 or v2"
+                )
+            self.v1 = {}
+        self._prepared = False
+
+    @property
+    def version(self) -> int:
+        """1 or 2."""
+        return 2 if self.v2 is not None else 1
+
+    def _dirs(self, sandbox_id: str) -> list[Path]:
+        if self.v2 is not None:
+            return [self.v2 / PARENT / sandbox_id]
+        return [root / PARENT / sandbox_id for root in dict.fromkeys(self.v1.values())]
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        if self.v2 is not None:
+            parent = self.v2 / PARENT
+            parent.mkdir(exist_ok=True)
+            for d in (self.v2, parent):
+                # Let children use the controllers; the root may refuse if it has processes
+                # of its own in a non-root position, which is the host's concern, not ours.
+                with contextlib.suppress(OSError):
+                    (d / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+        else:
+            for root in dict.fromkeys(self.v1.values()):
+                (root / PARENT).mkdir(exist_ok=True)
+            mem = self.v1["memory"] / PARENT / "memory.use_hierarchy"
+            with contextlib.suppress(OSError):
+                mem.write_text("1")
+        self._prepared = True
+
+    def create(self, sandbox_id: str, limits: Limits) -> list[Path]:
+        """Make the sandbox's cgroups with its limits; return the cgroup.procs files to join."""
+        self._prepare()
+        dirs = self._dirs(sandbox_id)
+        try:
+            for d in dirs:
+                d.mkdir()
+            self._set_limits(sandbox_id, limits)
+        except BaseException:
+            self.remove(sandbox_id)
+            raise
+        return [d / "cgroup.procs" for d in dirs]
+
+    def _set_limits(self, sandbox_id: str, lim: Limits) -> None:
+        quota = lim.vcpu * CPU_PERIOD_US
+        if self.v2 is not None:
+            d = self.v2 / PARENT / sandbox_id
+            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            (d / "memory.max").write_text(str(lim.memory_bytes))
+            with contextlib.suppress(FileNotFoundError):
+                (d / "memory.swap.max").write_text("0")
+            (d / "pids.max").write_text(str(lim.pids))
+            return
+        cpu = self.v1["cpu"] / PARENT / sandbox_id
+        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        mem = self.v1["memory"] / PARENT / sandbox_id
+        (mem / "memory.limit_in_bytes").write_text(str(lim.memory_bytes))
+        # memory+swap equal to memory: no swap at all
+        with contextlib.suppress(FileNotFoundError):
+            (mem / "memory.memsw.limit_in_bytes").write_text(str(lim.memory_bytes))
+        with contextlib.suppress(OSError):
+            (mem / "memory.swappiness").write_text("0")
+        (self.v1["pids"] / PARENT / sandbox_id / "pids.max").write_text(str(lim.pids))
+
+    def usage(self, sandbox_id: str) -> Usage:
+        """Current use; raises FileNotFoundError once the cgroup is gone."""
+        if self.v2 is not None:
+            d = self.v2 / PARENT / sandbox_id
+            stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines() if line)
+            peak = d / "memory.peak"
+            cur = int((d / "memory.current").read_text())
+            return Usage(
+                cpu_time_us=int(stat.get("usage_usec", 0)),
+                memory_bytes=cur,
+                memory_peak_bytes=int(peak.read_text()) if peak.exists() else cur,
+                pids=int((d / "pids.current").read_text()),
+            )
+        mem = self.v1["memory"] / PARENT / sandbox_id
+        acct = self.v1.get("cpuacct", self.v1["cpu"]) / PARENT / sandbox_id
+        return Usage(
+            cpu_time_us=int((acct / "cpuacct.usage").read_text()) // 1000,
+            memory_bytes=int((mem / "memory.usage_in_bytes").read_text()),
+            memory_peak_bytes=int((mem / "memory.max_usage_in_bytes").read_text()),
+            pids=int((self.v1["pids"] / PARENT / sandbox_id / "pids.current").read_text()),
+        )
+
+    def procs(self, sandbox_id: str) -> list[int]:
+        """Host pids of every process in the sandbox's cgroup."""
+        pids: set[int] = set()
+        for d in self._dirs(sandbox_id):
+            with contextlib.suppress(FileNotFoundError):
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return sorted(pids)
+
+    def exists(self, sandbox_id: str) -> bool:
+        """Whether any cgroup directory of the sandbox remains."""
+        return any(d.exists() for d in self._dirs(sandbox_id))
+
+    def remove(self, sandbox_id: str, timeout: float = 5.0) -> None:
+        """Kill what is left in the cgroups and remove them (waits for the kernel to empty them)."""
+        deadline = time.monotonic() + timeout
+        for d in self._dirs(sandbox_id):
+            while d.exists():
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    for pid in self.procs(sandbox_id):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, 9)
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
+
+    def list_ids(self) -> set[str]:
+        """Sandbox ids that have a cgroup on this host."""
+        ids: set[str] = set()
+        roots = [self.v2] if self.v2 is not None else list(dict.fromkeys(self.v1.values()))
+        for root in roots:
+            parent = root / PARENT
+            if parent.is_dir():
+                ids.update(p.name for p in parent.iterdir() if p.is_dir())
+        return ids

@@ -84,17 +84,24 @@ def database_url(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def _shared_database(database_url: str):  # type: ignore[no-untyped-def]
+    """One engine per session: its pool and compiled-statement cache stay warm across tests."""
+    from hutch.db.session import Database
+
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
 @pytest.fixture
-def database(database_url: str):  # type: ignore[no-untyped-def]
+def database(_shared_database):  # type: ignore[no-untyped-def]
     """A `hutch.db.session.Database` on the session's database, emptied before the test."""
     from sqlalchemy import delete
 
     from hutch.db.base import Base
-    from hutch.db.session import Database
 
-    db = Database(database_url)
-    with db.engine.begin() as conn:
+    with _shared_database.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(delete(table))
-    yield db
-    db.dispose()
+    return _shared_database

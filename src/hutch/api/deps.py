@@ -68,16 +68,17 @@ def presented_key(conn: HTTPConnection) -> str | None:
     return conn.headers.get("x-api-key") or None
 
 
-def principal(
-    conn: HTTPConnection,
-    db: Annotated[Session, Depends(get_db)],
-    svc: Annotated[Services, Depends(services)],
-) -> Principal:
+def authenticate(svc: Services, key: str | None) -> Principal:
+    """Resolve an API key in a short session of its own (blocking: call from a worker thread)."""
+    with svc.db.session() as s:
+        return svc.keys.authenticate(s, key)
+
+
+async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(services)]) -> Principal:
     """Authenticate the caller (401 problem otherwise)."""
-    actor = svc.keys.authenticate(db, presented_key(conn))
-    # Ends the read transaction so the connection goes back to the pool while a long request
+    # Its own session, closed at once: the connection goes back to the pool while a long request
     # (a file download, a command) runs.
-    db.commit()
+    actor = await run_in_threadpool(authenticate, svc, presented_key(conn))
     conn.state.key_id = actor.key_id
     return actor
 

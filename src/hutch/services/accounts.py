@@ -162,7 +162,7 @@ class AccountService:
                 select(MemberRow.team_id, MemberRow.role).where(
                     MemberRow.user_id == actor.user_id, MemberRow.team_id.in_([r.id for r in rows])
                 )
-            ).tuples()
+            ).all()
         )
         items = [
             Team(team_id=r.id, name=r.name, created_at=r.created_at, role=Role(roles[r.id]))

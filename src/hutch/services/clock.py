@@ -50,6 +50,11 @@ class FakeClock:
         with self._lock:
             return self._mono
 
+    def set(self, now: datetime) -> None:
+        """Jump to `now` (tests reuse one clock across cases)."""
+        with self._lock:
+            self._now = now
+
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         with self._lock:

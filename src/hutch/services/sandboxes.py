@@ -150,7 +150,7 @@ class SandboxService:
     def count_by_state(self, session: Session) -> dict[str, int]:
         """How many sandboxes are in each state (for metrics)."""
         rows = session.execute(select(SandboxRow.state, func.count()).group_by(SandboxRow.state))
-        return {state: n for state, n in rows.tuples()}
+        return {state: n for state, n in rows.all()}
 
     # --- create ---
 
@@ -335,7 +335,7 @@ class SandboxService:
             rows = s.execute(
                 select(SandboxRow.id, SandboxRow.state).where(SandboxRow.state.in_(ACTIVE))
             )
-            return dict(rows.tuples().all())
+            return dict(rows.all())
 
     def known(self, ids: Sequence[str]) -> set[str]:
         """Which of these ids the database knows as alive."""

@@ -15,7 +15,14 @@ import anyio
 
 from hutch.models.common import ErrorCode, ExecUser, HutchError, IsolationClass, SandboxState
 from hutch.models.events import StateEvent, UsageHeartbeat
-from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest, Stream
+from hutch.models.exec import (
+    ExecRequest,
+    ExecResult,
+    ProcessInfo,
+    SignalRequest,
+    StdinRequest,
+    Stream,
+)
 from hutch.models.files import Exists, FileInfo, FileType, MakeDir, Rename, WriteInfo
 from hutch.models.sandbox import (
     IsolationInfo,
@@ -72,6 +79,10 @@ class InMemoryRunner:
     """Implements `hutch.services.runner_port.RunnerPort` in memory."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (one instance serves many tests)."""
         self.sandboxes: dict[str, _Sandbox] = {}
         self.created: list[RunnerCreate] = []
         self.fail_next_create: HutchError | None = None
@@ -129,7 +140,9 @@ class InMemoryRunner:
 
     async def set_timeout(self, sandbox_id: str, req: SetTimeout) -> SandboxInfo:
         sb = self._get(sandbox_id)
-        sb.info = sb.info.model_copy(update={"expires_at": _now() + timedelta(seconds=req.timeout_s)})
+        sb.info = sb.info.model_copy(
+            update={"expires_at": _now() + timedelta(seconds=req.timeout_s)}
+        )
         return sb.info
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
@@ -196,7 +209,9 @@ class InMemoryRunner:
 
     def _info(self, path: str, size: int, kind: FileType = FileType.file) -> FileInfo:
         name = path.rstrip("/").rsplit("/", 1)[-1] or "/"
-        return FileInfo(name=name, path=path, type=kind, size=size, mode=0o644, uid=1000, gid=1000, mtime=_now())
+        return FileInfo(
+            name=name, path=path, type=kind, size=size, mode=0o644, uid=1000, gid=1000, mtime=_now()
+        )
 
     async def list_files(self, sandbox_id: str, path: str, depth: int) -> list[FileInfo]:
         files = self._get(sandbox_id).files

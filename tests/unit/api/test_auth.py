@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+from pathlib import Path
+
 from sqlalchemy import text
 
 from hutch.api.deps import Services
 from hutch.services import keys
 from hutch.services.clock import FakeClock
-from tests.unit.api.conftest import World
+from tests.unit.api.conftest import Client, World
 
 
-def test_bearer_and_x_api_key_both_work(client: TestClient, world: World) -> None:
+def test_bearer_and_x_api_key_both_work(client: Client, world: World) -> None:
     assert client.get("/v1/me", headers=world.owner.h).status_code == 200
     r = client.get("/v1/me", headers={"X-API-Key": world.owner.key})
     assert r.status_code == 200
@@ -19,7 +20,7 @@ def test_bearer_and_x_api_key_both_work(client: TestClient, world: World) -> Non
     assert r.json()["role"] == "owner"
 
 
-def test_missing_malformed_and_unknown_keys_are_401(client: TestClient, world: World) -> None:
+def test_missing_malformed_and_unknown_keys_are_401(client: Client, world: World) -> None:
     for headers in (
         {},
         {"Authorization": "Bearer"},
@@ -35,7 +36,7 @@ def test_missing_malformed_and_unknown_keys_are_401(client: TestClient, world: W
         assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_raw_key_is_never_stored(client: TestClient, world: World, svc: Services) -> None:
+def test_raw_key_is_never_stored(client: Client, world: World, svc: Services) -> None:
     r = client.post("/v1/keys", headers=world.owner.h, json={"name": "ci"})
     assert r.status_code == 201
     raw = r.json()["key"]
@@ -53,17 +54,15 @@ def test_raw_key_is_never_stored(client: TestClient, world: World, svc: Services
         db_file = svc.db.engine.url.database
         assert db_file
         for suffix in ("", "-wal"):
-            try:
-                content = open(db_file + suffix, "rb").read()
-            except FileNotFoundError:
-                continue
-            assert raw.encode() not in content
+            path = Path(db_file + suffix)
+            if path.exists():
+                assert raw.encode() not in path.read_bytes()
     listed = client.get("/v1/keys", headers=world.owner.h).json()["items"]
     assert all("key" not in k for k in listed)
     assert {k["display"] for k in listed} >= {f"{raw[:12]}…{raw[-4:]}"}
 
 
-def test_revoked_key_answers_key_revoked(client: TestClient, world: World) -> None:
+def test_revoked_key_answers_key_revoked(client: Client, world: World) -> None:
     new = client.post("/v1/keys", headers=world.member.h, json={"name": "tmp"}).json()
     h = {"Authorization": f"Bearer {new['key']}"}
     assert client.get("/v1/me", headers=h).status_code == 200
@@ -75,7 +74,7 @@ def test_revoked_key_answers_key_revoked(client: TestClient, world: World) -> No
 
 
 def test_rotation_keeps_old_key_until_grace_ends(
-    client: TestClient, world: World, clock: FakeClock
+    client: Client, world: World, clock: FakeClock
 ) -> None:
     old = client.post("/v1/keys", headers=world.admin.h, json={"name": "svc"}).json()
     old_h = {"Authorization": f"Bearer {old['key']}"}
@@ -97,7 +96,7 @@ def test_rotation_keeps_old_key_until_grace_ends(
     assert (r.status_code, r.json()["code"]) == (409, "conflict")
 
 
-def test_rotation_with_zero_grace_expires_at_once(client: TestClient, world: World) -> None:
+def test_rotation_with_zero_grace_expires_at_once(client: Client, world: World) -> None:
     old = client.post("/v1/keys", headers=world.owner.h, json={"name": "x"}).json()
     r = client.post(f"/v1/keys/{old['key_id']}/rotate", headers=world.owner.h, json={"grace_s": 0})
     assert r.status_code == 201
@@ -106,7 +105,7 @@ def test_rotation_with_zero_grace_expires_at_once(client: TestClient, world: Wor
 
 
 def test_last_used_is_written_at_most_once_a_minute(
-    client: TestClient, world: World, clock: FakeClock
+    client: Client, world: World, clock: FakeClock
 ) -> None:
     def last_used() -> str | None:
         me = client.get("/v1/me", headers=world.viewer.h).json()
@@ -120,12 +119,16 @@ def test_last_used_is_written_at_most_once_a_minute(
     assert last_used() != first
 
 
-def test_scopes_are_limited_by_the_owners_role(client: TestClient, world: World) -> None:
+def test_scopes_are_limited_by_the_owners_role(client: Client, world: World) -> None:
     # An owner hands a viewer a key with every scope it may give: the viewer still only reads.
     r = client.post(
         "/v1/keys",
         headers=world.owner.h,
-        json={"name": "v", "user_id": world.viewer.user_id, "scopes": ["sandboxes:write", "sandboxes:read"]},
+        json={
+            "name": "v",
+            "user_id": world.viewer.user_id,
+            "scopes": ["sandboxes:write", "sandboxes:read"],
+        },
     )
     assert r.status_code == 201, r.text
     h = {"Authorization": f"Bearer {r.json()['key']}"}
@@ -135,27 +138,31 @@ def test_scopes_are_limited_by_the_owners_role(client: TestClient, world: World)
     assert client.get("/v1/sandboxes", headers=h).status_code == 200
 
 
-def test_narrow_key_of_an_owner_is_limited_by_its_scopes(client: TestClient, world: World) -> None:
-    r = client.post("/v1/keys", headers=world.owner.h, json={"name": "ro", "scopes": ["sandboxes:read"]})
+def test_narrow_key_of_an_owner_is_limited_by_its_scopes(client: Client, world: World) -> None:
+    r = client.post(
+        "/v1/keys", headers=world.owner.h, json={"name": "ro", "scopes": ["sandboxes:read"]}
+    )
     h = {"Authorization": f"Bearer {r.json()['key']}"}
     assert client.get("/v1/sandboxes", headers=h).status_code == 200
     assert client.post("/v1/projects", headers=h, json={"name": "n"}).status_code == 403
 
 
-def test_keys_cannot_grant_more_than_their_creator(client: TestClient, world: World) -> None:
-    r = client.post("/v1/keys", headers=world.member.h, json={"name": "x", "scopes": ["keys:admin"]})
+def test_keys_cannot_grant_more_than_their_creator(client: Client, world: World) -> None:
+    r = client.post(
+        "/v1/keys", headers=world.member.h, json={"name": "x", "scopes": ["keys:admin"]}
+    )
     assert (r.status_code, r.json()["code"]) == (403, "forbidden")
     assert "keys:admin" in r.json()["detail"]
 
 
-def test_test_mode_keys_cannot_mint_live_keys(client: TestClient, world: World) -> None:
+def test_test_mode_keys_cannot_mint_live_keys(client: Client, world: World) -> None:
     r = client.post("/v1/keys", headers=world.test.h, json={"name": "x", "mode": "live"})
     assert r.status_code == 403
     r = client.post("/v1/keys", headers=world.test.h, json={"name": "x", "mode": "test"})
     assert r.status_code == 201 and r.json()["key"].startswith("sk_test_")
 
 
-def test_removed_member_keys_lose_every_right(client: TestClient, world: World) -> None:
+def test_removed_member_keys_lose_every_right(client: Client, world: World) -> None:
     url = f"/v1/teams/{world.team_id}/members/{world.member.user_id}"
     assert client.delete(url, headers=world.admin.h).status_code == 204
     me = client.get("/v1/me", headers=world.member.h).json()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocke
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from hutch.api.deps import Actor, Services, Svc, presented_key
+from hutch.api.deps import Actor, Svc, authenticate, presented_key
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, ExecUser, HutchError
@@ -28,7 +28,6 @@ from hutch.models.exec import (
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
-from hutch.services.permissions import Principal
 from hutch.services.runner_port import RunnerPort, RunnerSocket
 
 router = APIRouter(
@@ -248,19 +247,13 @@ async def _pump_runner(ws: WebSocket, upstream: RunnerSocket) -> None:
         return
 
 
-def _authenticate(svc: Services, ws: WebSocket) -> Principal:
-    with svc.db.session() as s:
-        actor = svc.keys.authenticate(s, presented_key(ws))
-    ws.state.key_id = actor.key_id
-    return actor
-
-
 @router.websocket("/exec/stream")
 async def exec_stream(ws: WebSocket, sandbox_id: SandboxId, svc: Svc) -> None:
     """Interactive command / PTY: frames pass unchanged between the client and the runner."""
     async with AsyncExitStack() as stack:
         try:
-            actor = await run_in_threadpool(_authenticate, svc, ws)
+            actor = await run_in_threadpool(authenticate, svc, presented_key(ws))
+            ws.state.key_id = actor.key_id
             await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, Scope.sandboxes_write)
             runner = svc.sandboxes.require_runner()
             path = f"/v1/sandboxes/{sandbox_id}/exec/stream"

@@ -58,7 +58,10 @@ class Reconciler:
             elif state == SandboxState.stopping.value:
                 await self._kill(sandbox_id, report)
                 await to_thread.run_sync(svc.settle, sandbox_id, SandboxState.stopped, "killed")
-        alive = [i for i, info in listed.items() if info.state.value not in TERMINAL]
+        handled = set(db_active)
+        alive = [
+            i for i, info in listed.items() if info.state.value not in TERMINAL and i not in handled
+        ]
         known = await to_thread.run_sync(svc.known, alive)
         for sandbox_id in alive:
             if sandbox_id not in known and sandbox_id not in svc.inflight:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -85,8 +85,12 @@ class InMemoryRunner:
         """Forget everything (one instance serves many tests)."""
         self.sandboxes: dict[str, _Sandbox] = {}
         self.created: list[RunnerCreate] = []
-        self.fail_next_create: HutchError | None = None
+        self.fail_next_create: Exception | None = None
+        # Called as the runner starts acting, to observe what the database held at that moment.
+        self.before_create: Callable[[RunnerCreate], None] | None = None
+        self.before_kill: Callable[[str], None] | None = None
         self.sockets: list[EchoSocket] = []
+        self.upload_chunks: list[int] = []
         self.pending_events: list[StateEvent | UsageHeartbeat] = []
         self.closed = False
 
@@ -107,6 +111,8 @@ class InMemoryRunner:
 
     async def create(self, req: RunnerCreate) -> SandboxInfo:
         self.created.append(req)
+        if self.before_create is not None:
+            self.before_create(req)
         if self.fail_next_create is not None:
             err, self.fail_next_create = self.fail_next_create, None
             raise err
@@ -135,6 +141,8 @@ class InMemoryRunner:
         return [s.info for s in self.sandboxes.values()]
 
     async def kill(self, sandbox_id: str) -> None:
+        if self.before_kill is not None:
+            self.before_kill(sandbox_id)
         self._get(sandbox_id)
         del self.sandboxes[sandbox_id]
 
@@ -202,8 +210,11 @@ class InMemoryRunner:
     ) -> WriteInfo:
         sb = self._get(sandbox_id)
         buf = bytearray()
+        n = 0
         async for chunk in body:
             buf += chunk
+            n += 1
+        self.upload_chunks.append(n)
         sb.files[path] = bytes(buf)
         return WriteInfo(path=path, size=len(buf))
 

@@ -83,8 +83,8 @@ def _ensure_base_template(data_dir: Path) -> None:
     # importable, the runner is left to report `template_not_ready` on create.
     try:
         from hutch.config import RunnerSettings
-        from hutch.runtime.templates import (  # type: ignore[attr-defined,unused-ignore]
-            TemplateStore,
+        from hutch.runtime.templates import TemplateStore  # type: ignore[attr-defined,unused-ignore]
+        from hutch.runtime.templates.progress import (  # type: ignore[import-not-found,unused-ignore]
             rich_progress,
         )
     except ImportError:

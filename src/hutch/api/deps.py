@@ -28,6 +28,8 @@ from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
 
 JSON = "application/json"
+BODY_MAX = 1 << 20  # JSON bodies of account and sandbox routes
+EXEC_BODY_MAX = 8 << 20  # commands may carry stdin
 
 
 @dataclass

@@ -10,9 +10,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hutch.api.metrics import Metrics
 from hutch.ids import new_id
+from hutch.models.common import ErrorCode, HutchError
 
 log = structlog.get_logger("hutch.api")
 UNMATCHED = "<unmatched>"
+PROBLEM_JSON = b"application/problem+json"
+TOO_LARGE = (
+    HutchError(ErrorCode.invalid_request, "the request body is too large", status=413)
+    .problem()
+    .model_dump_json(exclude_none=True)
+    .encode()
+)
 
 
 def route_template(scope: Scope) -> str:
@@ -36,12 +44,25 @@ class RequestMiddleware:
         status = 500 if scope["type"] == "http" else 101
         start = time.perf_counter()
 
+        replaced = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, replaced
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                headers = list(message.get("headers", []))
+                if status == 413 and (b"content-type", PROBLEM_JSON) not in headers:
+                    # The body-size limiter answers in plain text below our exception handlers.
+                    replaced = True
+                    headers = [
+                        (b"content-type", PROBLEM_JSON),
+                        (b"content-length", str(len(TOO_LARGE)).encode()),
+                    ]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            elif replaced and message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {"type": "http.response.body", "body": TOO_LARGE}
             await send(message)
 
         try:

@@ -108,3 +108,19 @@ def test_openapi_and_docs_are_served(client: Client) -> None:
     assert "/v1/sandboxes" in spec["paths"] and "/v1/keys/{key_id}/rotate" in spec["paths"]
     assert "Idempotency-Key" in str(spec["paths"]["/v1/sandboxes"]["post"])
     assert client.get("/docs").status_code == 200
+
+
+def test_oversized_json_bodies_are_refused_but_uploads_are_not(
+    client: Client, world: World
+) -> None:
+    big = {"name": "x", "pad": "y" * (2 << 20)}
+    r = client.post("/v1/projects", headers=world.owner.h, json=big)
+    assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
+    sbx = client.post("/v1/sandboxes", headers=world.owner.h, json={}).json()["sandbox_id"]
+    r = client.put(
+        f"/v1/sandboxes/{sbx}/files",
+        headers=world.owner.h,
+        params={"path": "/big"},
+        content=b"z" * (9 << 20),
+    )
+    assert r.status_code == 200 and r.json()["size"] == 9 << 20

@@ -6,11 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from hutch.api.deps import DB, Actor, Idem, Paging, Svc
+from hutch.api.deps import BODY_MAX, DB, Actor, Idem, Paging, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Page, Project, ProjectCreate, ProjectUpdate
 
-router = APIRouter(prefix="/v1/projects", tags=["accounts"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/projects", tags=["accounts"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
+)
 ProjectId = Annotated[str, Path(max_length=64)]
 
 

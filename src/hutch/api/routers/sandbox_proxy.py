@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocke
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from hutch.api.deps import Actor, Svc, authenticate, presented_key
+from hutch.api.deps import EXEC_BODY_MAX, Actor, Svc, authenticate, presented_key
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, ExecUser, HutchError
@@ -30,6 +30,7 @@ from hutch.models.exec import (
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
 from hutch.services.runner_port import RunnerPort, RunnerSocket
 
+# No router-wide body limit: uploads stream without one (the runner enforces disk quotas).
 router = APIRouter(
     prefix="/v1/sandboxes/{sandbox_id}", tags=["sandbox content"], responses=PROBLEM_RESPONSES
 )
@@ -78,6 +79,7 @@ SPath = Annotated[str, Depends(sandbox_path)]
 
 @router.post(
     "/exec",
+    max_body_size=EXEC_BODY_MAX,
     response_model=ExecResult,
     responses={201: {"model": ProcessInfo, "description": "Started in the background"}},
 )
@@ -94,7 +96,7 @@ async def list_processes(sandbox_id: SandboxId, runner: Reader) -> list[ProcessI
     return await runner.processes(sandbox_id)
 
 
-@router.post("/processes/{pid}/signal", status_code=204)
+@router.post("/processes/{pid}/signal", status_code=204, max_body_size=EXEC_BODY_MAX)
 async def signal_process(
     sandbox_id: SandboxId, pid: Pid, body: SignalRequest, runner: Writer
 ) -> Response:
@@ -103,7 +105,7 @@ async def signal_process(
     return Response(status_code=204)
 
 
-@router.post("/processes/{pid}/stdin", status_code=204)
+@router.post("/processes/{pid}/stdin", status_code=204, max_body_size=EXEC_BODY_MAX)
 async def write_stdin(
     sandbox_id: SandboxId, pid: Pid, body: StdinRequest, runner: Writer
 ) -> Response:
@@ -185,13 +187,13 @@ async def exists(sandbox_id: SandboxId, path: SPath, runner: Reader) -> Exists:
     return await runner.exists(sandbox_id, path)
 
 
-@router.post("/files/mkdir", response_model=FileInfo)
+@router.post("/files/mkdir", response_model=FileInfo, max_body_size=EXEC_BODY_MAX)
 async def mkdir(sandbox_id: SandboxId, body: MakeDir, runner: Writer) -> FileInfo:
     """mkdir -p."""
     return await runner.mkdir(sandbox_id, body)
 
 
-@router.post("/files/rename", response_model=FileInfo)
+@router.post("/files/rename", response_model=FileInfo, max_body_size=EXEC_BODY_MAX)
 async def rename(sandbox_id: SandboxId, body: Rename, runner: Writer) -> FileInfo:
     """Move a file or directory."""
     return await runner.rename(sandbox_id, body)

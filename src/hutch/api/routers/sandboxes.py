@@ -7,13 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from hutch.api.deps import DB, Actor, Idem, Paging, Svc
+from hutch.api.deps import BODY_MAX, DB, Actor, Idem, Paging, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
 from hutch.models.common import ErrorCode, HutchError, SandboxState
 from hutch.models.sandbox import SandboxStats, SetTimeout
 
-router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/sandboxes", tags=["sandboxes"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
+)
 SandboxId = Annotated[str, Path(max_length=64)]
 _META = "metadata."
 

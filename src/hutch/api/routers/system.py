@@ -8,6 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from hutch.api.deps import DB, Actor, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
+from hutch.db.models import ApiKeyRow, ProjectRow
 from hutch.models.api import Health, Me, Project
 from hutch.services.accounts import project_wire
 from hutch.services.keys import to_wire as key_wire
@@ -42,8 +43,6 @@ def metrics(svc: Svc) -> Response:
 @router.get("/v1/me", response_model=Me, tags=["accounts"], responses=PROBLEM_RESPONSES)
 def me(actor: Actor, db: DB, svc: Svc) -> Me:
     """The calling key, its owner, project, role and effective scopes."""
-    from hutch.db.models import ApiKeyRow, ProjectRow
-
     key = db.get(ApiKeyRow, actor.key_id)
     project = db.get(ProjectRow, actor.project_id)
     assert key is not None and project is not None  # authenticate() just found both

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from hutch.api.deps import DB, Actor, Idem, Paging, Svc
+from hutch.api.deps import BODY_MAX, DB, Actor, Idem, Paging, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Page, User, UserCreate
 
-router = APIRouter(prefix="/v1/users", tags=["accounts"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/users", tags=["accounts"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
+)
 
 
 @router.post("", status_code=201, response_model=User)

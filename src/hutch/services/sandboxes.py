@@ -110,13 +110,13 @@ class SandboxService:
     def running(self, actor: Principal, sandbox_id: str, scope: Scope) -> SandboxRow:
         """Tenancy and state check before proxying to the runner: the row if it is running."""
         actor.require(scope)
-        self.require_runner()
         with self.db.session() as s:
             row = self._row(s, actor, sandbox_id)
         if row.state != SandboxState.running.value:
             raise HutchError(
                 ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is {row.state}, not running"
             )
+        self.require_runner()
         return row
 
     def list(
@@ -269,6 +269,7 @@ class SandboxService:
     # --- kill, timeout, stats ---
 
     async def kill_on_runner(self, sandbox_id: str) -> None:
+        """Ask the runner to kill a sandbox; one it does not have counts as killed."""
         try:
             await self.require_runner().kill(sandbox_id)
         except HutchError as e:

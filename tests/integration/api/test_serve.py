@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import stat
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from hutch.cli.serve import RunnerStartError, start_runner, stop_process
+from hutch.ids import new_id
 from hutch.services.keys import is_well_formed
 from tests.integration.api.conftest import Server
 
@@ -124,3 +127,17 @@ def test_port_in_use_is_an_error(server: Server, database, tmp_path: Path) -> No
         timeout=60,
     )
     assert r.returncode != 0
+
+
+def test_exec_stream_refusal_over_a_real_websocket(server: Server) -> None:
+    from websockets.sync.client import connect
+
+    ws_url = server.url.replace("http://", "ws://") + f"/v1/sandboxes/{new_id('sbx')}/exec/stream"
+    with connect(ws_url, additional_headers=server.admin_headers()) as ws:
+        frame = json.loads(ws.recv())
+        assert (frame["type"], frame["code"]) == ("error", "sandbox_not_found")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+    with connect(ws_url) as ws:
+        assert json.loads(ws.recv())["code"] == "unauthenticated"

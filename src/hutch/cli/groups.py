@@ -7,4 +7,6 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach every command group; each group module owns its own commands."""
-    _ = app
+    from hutch.cli import serve
+
+    serve.register(app)

@@ -1,0 +1,109 @@
+"""RFC 9457 problem+json for every error: HutchError, validation, unknown routes, crashes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hutch.models.common import ErrorCode, HutchError, Problem
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("hutch.api")
+_QUOTED = re.compile(r"'([^']*)'")
+
+_HTTP_CODES = {
+    401: ErrorCode.unauthenticated,
+    403: ErrorCode.forbidden,
+    404: ErrorCode.not_found,
+    409: ErrorCode.conflict,
+    429: ErrorCode.rate_limited,
+}
+
+
+def problem_response(err: HutchError, request: Request | None = None) -> JSONResponse:
+    """The problem+json response for an error."""
+    body = err.problem(instance=request.url.path if request is not None else None)
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=err.status,
+        headers=err.headers or None,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors as problem `errors`: where, what, and what is allowed. Never the input
+    itself: it may be a secret (an environment value, a key)."""
+    out = []
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if isinstance(p, str | int)]
+        item: dict[str, Any] = {
+            "loc": loc,
+            "field": ".".join(str(p) for p in loc[1:]) or (str(loc[0]) if loc else ""),
+            "msg": e.get("msg", "invalid"),
+            "type": e.get("type", "invalid"),
+        }
+        ctx = {
+            k: v for k, v in (e.get("ctx") or {}).items() if isinstance(v, str | int | float | bool)
+        }
+        if "expected" in ctx and isinstance(ctx["expected"], str):
+            choices = _QUOTED.findall(ctx["expected"])
+            item["allowed"] = choices or ctx["expected"]
+        elif ctx:
+            item["allowed"] = ctx
+        out.append(item)
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into problem+json."""
+
+    @app.exception_handler(HutchError)
+    async def _hutch(request: Request, exc: HutchError) -> JSONResponse:
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = field_errors(list(exc.errors()))
+        where = ", ".join(e["field"] or "body" for e in errors)
+        err = HutchError(
+            ErrorCode.invalid_request, f"the request is not valid: {where}", errors=errors
+        )
+        return problem_response(err, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.invalid_request)
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}; see /docs for the API"
+        err = HutchError(code, detail, status=exc.status_code, headers=dict(exc.headers or {}))
+        return problem_response(err, request)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", error=type(exc).__name__, path=_route_of(request))
+        err = HutchError(ErrorCode.internal, "internal error; it has been logged")
+        return problem_response(err, request)
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "<unmatched>")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": desc}
+    for status, desc in {
+        401: "No, malformed, revoked or expired API key",
+        403: "The key lacks a permission",
+        404: "Not found (or another project's)",
+        422: "Invalid request",
+    }.items()
+}

@@ -1,0 +1,96 @@
+"""Sandboxes: create, list, get, kill, timeout, stats."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from hutch.api.deps import BODY_MAX, DB, Actor, Idem, Paging, Svc
+from hutch.api.errors import PROBLEM_RESPONSES
+from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
+from hutch.models.common import ErrorCode, HutchError, SandboxState
+from hutch.models.sandbox import SandboxStats, SetTimeout
+
+router = APIRouter(
+    prefix="/v1/sandboxes", tags=["sandboxes"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
+)
+SandboxId = Annotated[str, Path(max_length=64)]
+_META = "metadata."
+
+
+def metadata_filters(request: Request) -> dict[str, str]:
+    """`metadata.KEY=VALUE` query parameters."""
+    out: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith(_META):
+            key = name[len(_META) :]
+            if not re.match(METADATA_KEY_PATTERN, key):
+                raise HutchError(
+                    ErrorCode.invalid_request,
+                    f"metadata filter key {key!r} is not allowed: 1-64 of letters, digits, '_.:-'",
+                    errors=[{"loc": ["query", name], "field": name, "msg": "bad metadata key"}],
+                )
+            out[key] = value
+    return out
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Sandbox,
+    responses={429: {"description": "Quota or create rate exceeded (see Retry-After)"}},
+)
+async def create_sandbox(body: SandboxCreate, actor: Actor, svc: Svc, idem: Idem) -> Response:
+    """Create a sandbox and wait until it runs."""
+    return await idem.run(201, lambda: svc.sandboxes.create(actor, body))
+
+
+@router.get(
+    "",
+    response_model=Page[Sandbox],
+    description="Filter by `state` and by any number of `metadata.KEY=VALUE` query parameters.",
+)
+def list_sandboxes(
+    request: Request,
+    actor: Actor,
+    db: DB,
+    svc: Svc,
+    page: Paging,
+    state: Annotated[SandboxState | None, Query()] = None,
+) -> Page[Sandbox]:
+    """Sandboxes of the key's project and mode, newest first."""
+    return svc.sandboxes.list(
+        db,
+        actor,
+        state=state,
+        metadata=metadata_filters(request),
+        limit=page.limit,
+        cursor=page.cursor,
+    )
+
+
+@router.get("/{sandbox_id}", response_model=Sandbox)
+def get_sandbox(sandbox_id: SandboxId, actor: Actor, db: DB, svc: Svc) -> Sandbox:
+    """One sandbox."""
+    return svc.sandboxes.get(db, actor, sandbox_id)
+
+
+@router.delete("/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> Response:
+    """Kill a sandbox (its filesystem is gone afterwards)."""
+    await svc.sandboxes.kill(actor, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/timeout", response_model=Sandbox)
+async def set_timeout(sandbox_id: SandboxId, body: SetTimeout, actor: Actor, svc: Svc) -> Sandbox:
+    """Kill the sandbox `timeout_s` seconds from now."""
+    return await svc.sandboxes.set_timeout(actor, sandbox_id, body)
+
+
+@router.get("/{sandbox_id}/stats", response_model=SandboxStats)
+async def stats(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> SandboxStats:
+    """Live resource use."""
+    return await svc.sandboxes.stats(actor, sandbox_id)

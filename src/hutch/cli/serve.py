@@ -1,0 +1,188 @@
+"""`hutch serve`: the runner (unless told to use an existing one), the base template, the API."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from hutch.api.logging import configure_logging
+from hutch.api.settings import ApiSettings
+
+RUNNER_READY_TIMEOUT_S = 120.0
+
+
+class RunnerStartError(RuntimeError):
+    """The runner did not come up; the message says why."""
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: unwind so the runner is stopped too."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def runner_healthy(socket_path: Path) -> bool:
+    """Whether a runner answers `GET /v1/health` on `socket_path`."""
+    if not socket_path.exists():
+        return False
+    try:
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        with httpx.Client(transport=transport, timeout=2.0) as c:
+            return c.get("http://runner/v1/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_runner(
+    command: list[str], socket_path: Path, timeout_s: float = RUNNER_READY_TIMEOUT_S
+) -> subprocess.Popen[bytes]:
+    """Start the runner and wait until it is healthy; raise RunnerStartError if it is not."""
+    try:
+        proc = subprocess.Popen(command)  # its output goes to our terminal, as is
+    except OSError as e:
+        raise RunnerStartError(f"could not start the runner ({command[0]}): {e}") from e
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                raise RunnerStartError(f"the runner exited with status {code} before it was ready")
+            if runner_healthy(socket_path):
+                return proc
+            time.sleep(0.1)
+        raise RunnerStartError(
+            f"the runner did not answer on {socket_path} within {timeout_s:.0f} s"
+        )
+    except BaseException:  # including a stop signal while waiting: never leave it behind
+        stop_process(proc)
+        raise
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after `grace_s`; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def _ensure_base_template(data_dir: Path) -> None:
+    # Call site for the template store (hutch.runtime.templates), built in parallel: until it is
+    # importable, the runner is left to report `template_not_ready` on create.
+    try:
+        from hutch.config import RunnerSettings
+        from hutch.runtime.templates import TemplateStore  # type: ignore[attr-defined,unused-ignore]
+        from hutch.runtime.templates.progress import (  # type: ignore[import-not-found,unused-ignore]
+            rich_progress,
+        )
+    except ImportError:
+        typer.echo("note: template store not installed; skipping the base template check", err=True)
+        return
+    store = TemplateStore(RunnerSettings(data_dir=data_dir).templates_path())
+    with rich_progress() as progress:
+        store.ensure("base", progress=progress)
+
+
+def _serve_api(settings: ApiSettings) -> bool:
+    """Migrate, bootstrap on first start, then run uvicorn until told to stop."""
+    import uvicorn
+
+    from hutch.api.app import create_app
+    from hutch.db.session import Database
+    from hutch.services.accounts import AccountService
+    from hutch.services.bootstrap import ensure_admin
+    from hutch.services.clock import SystemClock
+    from hutch.services.keys import KeyService, load_pepper
+    from hutch.services.runner_port import connect_runner
+
+    db = Database(settings.db_url())
+    db.migrate()
+    clock = SystemClock()
+    pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    keys = KeyService(load_pepper(settings.data_dir, pepper), clock)
+    key_file = ensure_admin(db, AccountService(clock), keys, settings.data_dir)
+    if key_file is not None:
+        typer.echo(f"created the admin user; its API key is in {key_file} (mode 0600)")
+    runner = connect_runner(settings.runner_socket_path())
+    if runner is None:
+        typer.echo("note: runner client not installed; sandbox routes answer 503", err=True)
+    app = create_app(settings, runner=runner, clock=clock, database=db)
+    typer.echo(f"Hutch API on http://{settings.host}:{settings.port} (docs at /docs)")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # configure_logging already sends uvicorn's records as JSON
+        access_log=False,  # its access lines carry raw paths and queries; ours do not
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return server.started
+
+
+def serve(
+    data_dir: Annotated[Path, typer.Option(help="Where Hutch keeps its state")] = Path(
+        "/var/lib/hutch"
+    ),
+    host: Annotated[str, typer.Option(help="Address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on")] = 8787,
+    no_runner: Annotated[
+        bool, typer.Option("--no-runner", help="Do not start a runner; use an existing one")
+    ] = False,
+    runner_socket: Annotated[
+        Path | None, typer.Option(help="Socket of an existing runner (implies --no-runner)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Start the runner and the API server (SQLite in DATA_DIR unless HUTCH_DATABASE_URL)."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings = ApiSettings(
+        data_dir=data_dir, host=host, port=port, runner_socket=runner_socket, log_level=log_level
+    )
+    configure_logging(settings.log_level)
+    proc: subprocess.Popen[bytes] | None = None
+    # uvicorn handles these while it serves, then re-raises them once it has shut down; with
+    # this handler that re-raise (or a signal during start-up) unwinds through `finally` below.
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = True
+    try:
+        if not no_runner and runner_socket is None:
+            socket_path = settings.runner_socket_path()
+            typer.echo(f"starting the runner (socket {socket_path})")
+            cmd = [sys.executable, "-m", "hutch.runner", "--data-dir", str(data_dir)]
+            try:
+                proc = start_runner(cmd, socket_path)
+            except RunnerStartError as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(1) from None
+            _ensure_base_template(data_dir)
+        started = _serve_api(settings)
+    except _Stop:
+        pass  # a clean shutdown
+    finally:
+        if proc is not None:
+            typer.echo("stopping the runner")
+            stop_process(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not started:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `hutch serve`."""
+    app.command("serve")(serve)

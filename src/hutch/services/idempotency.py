@@ -1,0 +1,104 @@
+"""Idempotency-Key: the first response to a create is kept 24 h and replayed for retries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from hutch.db.models import IdempotencyRow
+from hutch.db.session import Database
+from hutch.models.common import ErrorCode, HutchError
+from hutch.services.clock import Clock
+
+TTL = timedelta(hours=24)
+MAX_KEY_LEN = 255
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A response kept for replay."""
+
+    status: int
+    body: str
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    """Hash of what was asked: same key with a different request is a conflict."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        canonical = body
+    h = hashlib.sha256(f"{method} {path}\n".encode())
+    h.update(canonical)
+    return h.hexdigest()
+
+
+def _conflict(detail: str) -> HutchError:
+    return HutchError(ErrorCode.idempotency_conflict, detail)
+
+
+class IdempotencyService:
+    """Claims keys, records first responses and replays them."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def begin(self, scope: str, key: str, fingerprint: str) -> Stored | None:
+        """Claim `key` for this request, or return the response to replay; 409 on misuse."""
+        now = self.clock.now()
+        with self.db.session() as s:
+            row = s.get(IdempotencyRow, (scope, key))
+            if row is not None and row.created_at + TTL <= now:
+                s.delete(row)
+                s.flush()
+                row = None
+            if row is not None:
+                if row.request_hash != fingerprint:
+                    raise _conflict(
+                        "this Idempotency-Key was already used for a different request; "
+                        "use a new key for a new request"
+                    )
+                if row.status is None or row.body is None:
+                    raise _conflict("a request with this Idempotency-Key is still in progress")
+                return Stored(row.status, row.body)
+            s.add(IdempotencyRow(scope=scope, key=key, request_hash=fingerprint, created_at=now))
+            try:
+                s.commit()
+            except IntegrityError:
+                raise _conflict(
+                    "a request with this Idempotency-Key is still in progress"
+                ) from None
+        return None
+
+    def complete(self, scope: str, key: str, stored: Stored) -> None:
+        """Record the first response."""
+        with self.db.session() as s:
+            row = s.get(IdempotencyRow, (scope, key))
+            if row is not None:
+                row.status, row.body = stored.status, stored.body
+                s.commit()
+
+    def abandon(self, scope: str, key: str) -> None:
+        """Forget a claim whose request failed, so a retry runs again."""
+        with self.db.session() as s:
+            s.execute(
+                delete(IdempotencyRow).where(
+                    IdempotencyRow.scope == scope, IdempotencyRow.key == key
+                )
+            )
+            s.commit()
+
+    def purge(self) -> int:
+        """Delete records older than the retention window; returns how many."""
+        with self.db.session() as s:
+            n = s.execute(
+                delete(IdempotencyRow).where(IdempotencyRow.created_at <= self.clock.now() - TTL)
+            )
+            s.commit()
+            return int(getattr(n, "rowcount", 0) or 0)

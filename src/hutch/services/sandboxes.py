@@ -1,0 +1,357 @@
+"""Sandboxes: quota, rate limit and the persisted life cycle around the runner's work.
+
+Every state transition is committed before the runner is asked to act, so a crash at any point
+leaves a row the reconciler can bring back into agreement with the runner.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from anyio import to_thread
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
+from hutch.db.session import Database
+from hutch.ids import new_id
+from hutch.models.api import Mode, Page, Sandbox, SandboxCreate, Scope
+from hutch.models.common import ErrorCode, HutchError, IsolationClass, SandboxState
+from hutch.models.events import StateEvent
+from hutch.models.sandbox import RunnerCreate, SandboxInfo, SandboxStats, SetTimeout
+from hutch.services.clock import Clock
+from hutch.services.pagination import paginate
+from hutch.services.permissions import Principal
+from hutch.services.ratelimit import TokenBucket
+from hutch.services.runner_port import RunnerPort
+
+log = structlog.get_logger("hutch.sandboxes")
+
+ACTIVE = (SandboxState.creating.value, SandboxState.running.value, SandboxState.stopping.value)
+TERMINAL = (SandboxState.stopped.value, SandboxState.failed.value)
+QUOTA_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-project limits on sandboxes."""
+
+    max_concurrent: int
+    create_rate_per_minute: int
+
+
+def to_wire(row: SandboxRow) -> Sandbox:
+    """The API view of a sandbox row."""
+    return Sandbox(
+        sandbox_id=row.id,
+        project_id=row.project_id,
+        mode=Mode(row.mode),
+        template=row.template,
+        isolation=IsolationClass(row.isolation),
+        vcpu=row.vcpu,
+        memory_mb=row.memory_mb,
+        disk_mb=row.disk_mb,
+        state=SandboxState(row.state),
+        metadata={m.key: m.value for m in row.meta},
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+    )
+
+
+def sandbox_not_found(sandbox_id: str) -> HutchError:
+    """404 for a sandbox that is missing or belongs to someone else (the same answer)."""
+    return HutchError(ErrorCode.sandbox_not_found, f"sandbox {sandbox_id} not found")
+
+
+class SandboxService:
+    """Create, find, kill and resize sandboxes on behalf of an API key."""
+
+    def __init__(
+        self, db: Database, runner: RunnerPort | None, clock: Clock, limits: Limits
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.clock = clock
+        self.limits = limits
+        self.limiter = TokenBucket(limits.create_rate_per_minute, clock)
+        # Ids whose create/kill is under way in this process: the reconciler leaves them alone.
+        self.inflight: set[str] = set()
+        # SQLite serialises writers anyway; this lock makes count-then-insert atomic per process
+        # (PostgreSQL additionally locks the project row for other processes).
+        self._quota_lock = threading.Lock()
+
+    def require_runner(self) -> RunnerPort:
+        if self.runner is None:
+            raise HutchError(
+                ErrorCode.runner_unavailable, "no runner is configured for this server"
+            )
+        return self.runner
+
+    # --- reads (sync: run in a worker thread by the API) ---
+
+    def _row(self, session: Session, actor: Principal, sandbox_id: str) -> SandboxRow:
+        row = session.get(SandboxRow, sandbox_id)
+        if row is None or row.project_id != actor.project_id or row.mode != actor.mode.value:
+            raise sandbox_not_found(sandbox_id)
+        return row
+
+    def get(self, session: Session, actor: Principal, sandbox_id: str) -> Sandbox:
+        """One sandbox of the caller's project and mode."""
+        actor.require(Scope.sandboxes_read)
+        return to_wire(self._row(session, actor, sandbox_id))
+
+    def running(self, actor: Principal, sandbox_id: str, scope: Scope) -> SandboxRow:
+        """Tenancy and state check before proxying to the runner: the row if it is running."""
+        actor.require(scope)
+        with self.db.session() as s:
+            row = self._row(s, actor, sandbox_id)
+        if row.state != SandboxState.running.value:
+            raise HutchError(
+                ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is {row.state}, not running"
+            )
+        self.require_runner()
+        return row
+
+    def list(
+        self,
+        session: Session,
+        actor: Principal,
+        *,
+        state: SandboxState | None,
+        metadata: Mapping[str, str],
+        limit: int,
+        cursor: str | None,
+    ) -> Page[Sandbox]:
+        """Sandboxes of the caller's project and mode, newest first."""
+        actor.require(Scope.sandboxes_read)
+        stmt = select(SandboxRow).where(
+            SandboxRow.project_id == actor.project_id, SandboxRow.mode == actor.mode.value
+        )
+        if state is not None:
+            stmt = stmt.where(SandboxRow.state == state.value)
+        for k, v in metadata.items():
+            stmt = stmt.where(
+                exists().where(
+                    SandboxMetadataRow.sandbox_id == SandboxRow.id,
+                    SandboxMetadataRow.key == k,
+                    SandboxMetadataRow.value == v,
+                )
+            )
+        rows, nxt = paginate(session, stmt, SandboxRow.id, limit=limit, cursor=cursor)
+        return Page[Sandbox](items=[to_wire(r) for r in rows], next_cursor=nxt)
+
+    def count_by_state(self, session: Session) -> dict[str, int]:
+        """How many sandboxes are in each state (for metrics)."""
+        rows = session.execute(select(SandboxRow.state, func.count()).group_by(SandboxRow.state))
+        return {state: n for state, n in rows.all()}
+
+    # --- create ---
+
+    def _admit(self, actor: Principal, spec: SandboxCreate) -> str:
+        """Check quota and persist the `creating` row; returns the new id."""
+        now = self.clock.now()
+        with self._quota_lock, self.db.session() as s:
+            s.execute(
+                select(ProjectRow.id).where(ProjectRow.id == actor.project_id).with_for_update()
+            )
+            active = s.scalar(
+                select(func.count())
+                .select_from(SandboxRow)
+                .where(SandboxRow.project_id == actor.project_id, SandboxRow.state.in_(ACTIVE))
+            )
+            if (active or 0) >= self.limits.max_concurrent:
+                raise HutchError(
+                    ErrorCode.quota_exceeded,
+                    f"the project already has {active} active sandboxes; at most "
+                    f"{self.limits.max_concurrent} may run at once",
+                    headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+                )
+            row = SandboxRow(
+                id=new_id("sbx"),
+                project_id=actor.project_id,
+                mode=actor.mode.value,
+                template=spec.template,
+                isolation=spec.isolation.value,
+                vcpu=spec.vcpu,
+                memory_mb=spec.memory_mb,
+                disk_mb=spec.disk_mb,
+                timeout_s=spec.timeout_s,
+                state=SandboxState.creating.value,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(seconds=spec.timeout_s),
+                meta=[SandboxMetadataRow(key=k, value=v) for k, v in spec.metadata.items()],
+            )
+            s.add(row)
+            s.commit()
+            self.inflight.add(row.id)
+            return row.id
+
+    def _transition(
+        self,
+        sandbox_id: str,
+        state: SandboxState,
+        *,
+        only_from: tuple[str, ...] = ACTIVE,
+        reason: str | None = None,
+        at: datetime | None = None,
+        info: SandboxInfo | None = None,
+    ) -> tuple[Sandbox | None, bool]:
+        """Move a row to `state` if it is in `only_from`; returns the row and whether it moved."""
+        with self.db.session() as s:
+            row = s.get(SandboxRow, sandbox_id, with_for_update=True)
+            if row is None:
+                return None, False
+            moved = row.state in only_from and row.state != state.value
+            if moved:
+                now = self.clock.now()
+                row.state = state.value
+                row.updated_at = now
+                if state.value in TERMINAL:
+                    row.ended_at = at or now
+                    row.end_reason = reason
+            if info is not None and row.state == SandboxState.running.value:
+                row.created_at, row.expires_at = info.created_at, info.expires_at
+            s.commit()
+            return to_wire(row), moved
+
+    async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox:
+        """Admit, persist `creating`, ask the runner, persist `running` (or `failed`)."""
+        actor.require(Scope.sandboxes_write)
+        runner = self.require_runner()
+        wait = self.limiter.take(actor.project_id)
+        if wait is not None:
+            raise HutchError(
+                ErrorCode.rate_limited,
+                f"too many sandboxes created; this project may create "
+                f"{self.limits.create_rate_per_minute} per minute",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        sandbox_id = await to_thread.run_sync(self._admit, actor, req)
+        try:
+            create = RunnerCreate(sandbox_id=sandbox_id, **req.model_dump(exclude={"metadata"}))
+            try:
+                info = await runner.create(create)
+            except HutchError as e:
+                await to_thread.run_sync(self._fail, sandbox_id, e.code.value)
+                raise
+            except Exception as e:
+                await to_thread.run_sync(self._fail, sandbox_id, ErrorCode.runner_unavailable.value)
+                raise HutchError(ErrorCode.runner_unavailable, "the runner did not answer") from e
+            wire, moved = await to_thread.run_sync(
+                lambda: self._transition(
+                    sandbox_id,
+                    SandboxState(info.state),
+                    only_from=(SandboxState.creating.value,),
+                    reason=info.end_reason,
+                    at=info.ended_at,
+                    info=info,
+                )
+            )
+            if not moved and wire is not None and wire.state.value in (*TERMINAL, "stopping"):
+                # Killed while being created: the runner made it after the kill; undo that.
+                await self.kill_on_runner(sandbox_id)
+            assert wire is not None
+            return wire
+        finally:
+            self.inflight.discard(sandbox_id)
+
+    def _fail(self, sandbox_id: str, reason: str) -> None:
+        self._transition(sandbox_id, SandboxState.failed, reason=reason)
+
+    # --- kill, timeout, stats ---
+
+    async def kill_on_runner(self, sandbox_id: str) -> None:
+        """Ask the runner to kill a sandbox; one it does not have counts as killed."""
+        try:
+            await self.require_runner().kill(sandbox_id)
+        except HutchError as e:
+            if e.code is not ErrorCode.sandbox_not_found:
+                raise
+
+    async def kill(self, actor: Principal, sandbox_id: str) -> None:
+        """Persist `stopping`, kill on the runner, persist `stopped` (idempotent)."""
+        actor.require(Scope.sandboxes_write)
+
+        def begin() -> bool:
+            with self.db.session() as s:
+                row = self._row(s, actor, sandbox_id)
+                if row.state in TERMINAL:
+                    return False
+            self._transition(sandbox_id, SandboxState.stopping)
+            return True
+
+        if not await to_thread.run_sync(begin):
+            return
+        self.inflight.add(sandbox_id)
+        try:
+            await self.kill_on_runner(sandbox_id)
+            await to_thread.run_sync(
+                lambda: self._transition(sandbox_id, SandboxState.stopped, reason="killed")
+            )
+        finally:
+            self.inflight.discard(sandbox_id)
+
+    async def set_timeout(self, actor: Principal, sandbox_id: str, req: SetTimeout) -> Sandbox:
+        """Set a running sandbox's remaining lifetime."""
+        await to_thread.run_sync(self.running, actor, sandbox_id, Scope.sandboxes_write)
+        info = await self.require_runner().set_timeout(sandbox_id, req)
+        wire, _ = await to_thread.run_sync(
+            lambda: self._transition(sandbox_id, SandboxState.running, only_from=(), info=info)
+        )
+        assert wire is not None
+        return wire
+
+    async def stats(self, actor: Principal, sandbox_id: str) -> SandboxStats:
+        """Live resource use of a running sandbox."""
+        await to_thread.run_sync(self.running, actor, sandbox_id, Scope.sandboxes_read)
+        return await self.require_runner().stats(sandbox_id)
+
+    # --- what the runner tells us ---
+
+    def apply_event(self, event: StateEvent) -> bool:
+        """Apply a runner state change to the database; True if a row changed."""
+        if event.state is SandboxState.creating:
+            return False
+        only_from: tuple[str, ...] = ACTIVE
+        if event.state is SandboxState.running:
+            only_from = (SandboxState.creating.value,)
+        _, moved = self._transition(
+            event.sandbox_id, event.state, only_from=only_from, reason=event.reason, at=event.at
+        )
+        if moved:
+            log.info("sandbox_state", sandbox_id=event.sandbox_id, state=event.state.value)
+        return moved
+
+    def active_rows(self) -> dict[str, str]:
+        """Ids and states of every sandbox the database thinks is alive."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(SandboxRow.id, SandboxRow.state).where(SandboxRow.state.in_(ACTIVE))
+            )
+            return dict(rows.all())
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        """Which of these ids the database knows as alive."""
+        if not ids:
+            return set()
+        with self.db.session() as s:
+            return set(
+                s.scalars(
+                    select(SandboxRow.id).where(
+                        SandboxRow.id.in_(ids), SandboxRow.state.in_(ACTIVE)
+                    )
+                )
+            )
+
+    def settle(self, sandbox_id: str, state: SandboxState, reason: str) -> bool:
+        """Force a row into a terminal state (reconciler); True if it moved."""
+        _, moved = self._transition(sandbox_id, state, reason=reason)
+        return moved

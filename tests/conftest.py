@@ -1,0 +1,107 @@
+"""Shared fixtures: a migrated database of each kind the run asks for (SQLite, PostgreSQL).
+
+`--databases` (or HUTCH_TEST_DATABASES) picks the kinds, default both. A test that takes the
+`database` fixture runs once per kind. PostgreSQL gets a fresh database per test session on
+postgresql://postgres@127.0.0.1:5432 (HUTCH_TEST_POSTGRES_URL to change), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+KINDS = ("sqlite", "postgresql")
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--databases",
+        default=os.environ.get("HUTCH_TEST_DATABASES", ",".join(KINDS)),
+        help="comma-separated database kinds to run database tests against (sqlite,postgresql)",
+    )
+
+
+def _kinds(config: pytest.Config) -> list[str]:
+    kinds = [k.strip() for k in str(config.getoption("--databases")).split(",") if k.strip()]
+    if unknown := [k for k in kinds if k not in KINDS]:
+        raise pytest.UsageError(f"unknown database kinds {unknown}; allowed: {', '.join(KINDS)}")
+    return kinds
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_kind" in metafunc.fixturenames:
+        metafunc.parametrize("db_kind", _kinds(metafunc.config), indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """Which database this test runs against."""
+    return str(request.param)
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get("HUTCH_TEST_POSTGRES_URL", DEFAULT_PG_ADMIN_URL)
+
+
+@pytest.fixture(scope="session")
+def database_url(db_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database of kind `db_kind` for the whole session."""
+    from hutch.db.session import Database
+
+    if db_kind == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'hutch.db'}"
+        db = Database(url)
+        db.migrate()
+        db.dispose()
+        yield url
+        return
+
+    import psycopg
+
+    admin = _pg_admin_url()
+    name = f"hutch_test_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {admin} ({e}); start it, or run only SQLite with "
+            "HUTCH_TEST_DATABASES=sqlite",
+            pytrace=False,
+        )
+    url = admin.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        db = Database(url)
+        db.migrate()
+        db.dispose()
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _shared_database(database_url: str):  # type: ignore[no-untyped-def]
+    """One engine per session: its pool and compiled-statement cache stay warm across tests."""
+    from hutch.db.session import Database
+
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def database(_shared_database):  # type: ignore[no-untyped-def]
+    """A `hutch.db.session.Database` on the session's database, emptied before the test."""
+    from sqlalchemy import delete
+
+    from hutch.db.base import Base
+
+    with _shared_database.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+    return _shared_database

@@ -1,0 +1,76 @@
+"""End to end through a real runner: `hutch serve` starts it, sandboxes run real commands.
+
+Skipped (with the reason) until `hutch.runner.client` is part of this tree; needs root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.api.conftest import Server, start_server
+
+_HAVE_RUNNER = importlib.util.find_spec("hutch.runner.client") is not None
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not _HAVE_RUNNER, reason="hutch.runner.client is not installed in this tree yet"
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the runner needs root"),
+]
+
+
+@pytest.fixture
+def full_server(database, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`hutch serve` with its own runner (the base template may take a while the first time)."""
+    s = start_server(database, tmp_path, ready_timeout=900)
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def test_sandbox_life_cycle_through_the_real_runner(full_server: Server) -> None:
+    h = full_server.admin_headers()
+    with httpx.Client(base_url=full_server.url, headers=h, timeout=120) as c:
+        r = c.post("/v1/sandboxes", json={"metadata": {"suite": "e2e"}, "timeout_s": 300})
+        assert r.status_code == 201, r.text
+        sbx = r.json()
+        assert sbx["state"] == "running"
+        url = f"/v1/sandboxes/{sbx['sandbox_id']}"
+        r = c.post(f"{url}/exec", json={"cmd": ["echo", "hello"]})
+        assert r.status_code == 200 and r.json()["stdout"] == "hello\n"
+        data = os.urandom(1 << 20)
+        assert (
+            c.put(f"{url}/files", params={"path": "/home/user/blob"}, content=data).status_code
+            == 200
+        )
+        assert c.get(f"{url}/files", params={"path": "/home/user/blob"}).content == data
+        assert c.get(f"{url}/stats").json()["sandbox_id"] == sbx["sandbox_id"]
+        assert c.delete(url).status_code == 204
+        assert c.get(url).json()["state"] == "stopped"
+        assert c.get("/v1/sandboxes", params={"state": "running"}).json()["items"] == []
+    assert full_server.stop() == 0
+    assert "stopping the runner" in full_server.output()
+
+
+def test_exec_stream_through_the_real_runner(full_server: Server) -> None:
+    from websockets.sync.client import connect
+
+    h = full_server.admin_headers()
+    sbx = httpx.post(f"{full_server.url}/v1/sandboxes", headers=h, json={}, timeout=120).json()
+    ws_url = (
+        full_server.url.replace("http", "ws") + f"/v1/sandboxes/{sbx['sandbox_id']}/exec/stream"
+    )
+    with connect(ws_url, additional_headers=h) as ws:
+        ws.send(json.dumps({"type": "start", "request": {"cmd": ["cat"]}}))
+        assert json.loads(ws.recv())["type"] == "started"
+        ws.send(b"\x00ping\n")
+        assert ws.recv() == b"\x01ping\n"
+        ws.send(json.dumps({"type": "close_stdin"}))
+        assert json.loads(ws.recv())["type"] == "exit"

@@ -21,7 +21,6 @@ from hutch.sdk import (
     CommandExitException,
     HutchSDKError,
     PtySize,
-    Sandbox,
     SandboxFileNotFoundError,
     SandboxNotFoundError,
 )

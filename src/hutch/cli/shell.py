@@ -27,8 +27,11 @@ def shell(
     api_key: c.ApiKey = None,
 ) -> None:
     """Open an interactive terminal in the sandbox (exit the shell to leave)."""
-    fd = sys.stdin.fileno()
-    if not os.isatty(fd):
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):  # replaced stdin (e.g. captured) has no descriptor
+        fd = -1
+    if fd < 0 or not os.isatty(fd):
         c.err_console().print(
             "[red]error:[/red] shell needs a terminal on stdin; use `hutch sandbox exec` in scripts"
         )

@@ -162,7 +162,8 @@ def exec(
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
-    """Run a command; its output streams here and its exit code becomes ours."""
+    """Run a command; its output streams here and its exit code becomes ours. Options go
+    before the sandbox id (like `docker exec`); everything after it is the command."""
     envs = c.parse_kv(env, "--env")
     text_in = sys.stdin.read() if stdin else None
     sb = _connect(sandbox_id, api_url, api_key)

@@ -92,10 +92,13 @@ async def run_commands(sb: Any, cls: type[Any]) -> None:
             sb.files.write(go, "go")
 
     cb = on_out if cls is AsyncSandbox else on_out_sync
-    r = await aw(sb.commands.run(
-        f"echo first; while [ ! -f {go} ]; do sleep 0.05; done; echo second",
-        on_stdout=cb, timeout=30,
-    ))
+    r = await aw(
+        sb.commands.run(
+            f"echo first; while [ ! -f {go} ]; do sleep 0.05; done; echo second",
+            on_stdout=cb,
+            timeout=30,
+        )
+    )
     assert r.stdout == "first\nsecond\n" and "".join(got) == r.stdout
 
 
@@ -163,9 +166,11 @@ async def big_file_streamed(sb: Any, cls: type[Any], tmp: Path) -> None:
 async def background_and_reconnect(sb: Any, cls: type[Any]) -> None:
     """A background command survives its handle, is listed, and replays output on reconnect;
     stdin can be fed; kill ends it."""
-    h = await aw(sb.commands.run(
-        "for i in 1 2 3; do echo line$i; done; read x; echo got:$x", background=True
-    ))
+    h = await aw(
+        sb.commands.run(
+            "for i in 1 2 3; do echo line$i; done; read x; echo got:$x", background=True
+        )
+    )
     assert h.pid > 0
     assert h.pid in [p.pid for p in await aw(sb.commands.list())]
     await aw(sb.commands.send_stdin(h.pid, "ping\n"))

@@ -70,8 +70,16 @@ def start(data_dir: Path) -> tuple[Server, subprocess.Popen[bytes]]:
     env = {**os.environ, "HUTCH_RUNNER_TEMPLATE_DIR": SHARED_TEMPLATES}
     env.pop("HUTCH_API_KEY", None)
     log = data_dir / "serve.log"
-    cmd = [sys.executable, "-m", "hutch.cli.main", "serve", "--data-dir", str(data_dir),
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hutch.cli.main",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -83,8 +91,7 @@ def start(data_dir: Path) -> tuple[Server, subprocess.Popen[bytes]]:
         if key_file.exists() and key_file.read_text().strip():
             key = key_file.read_text().strip()
             try:
-                r = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"},
-                              timeout=2)
+                r = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=2)
                 if r.status_code == 200:
                     return Server(url, key, data_dir), proc
             except httpx.HTTPError:

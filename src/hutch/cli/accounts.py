@@ -17,14 +17,15 @@ KEY_COLUMNS = (
     "key_id",
     "name",
     "mode",
+    "display",
     "scopes",
-    "prefix",
     "created_at",
+    "last_used_at",
     "expires_at",
     "revoked_at",
 )
 PROJECT_COLUMNS = ("project_id", "name", "team_id", "created_at")
-USER_COLUMNS = ("user_id", "email", "name", "role", "created_at")
+USER_COLUMNS = ("user_id", "email", "name", "is_admin", "created_at")
 
 
 def _client(api_url: str | None, api_key: str | None) -> Hutch:
@@ -53,6 +54,8 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="A name to recognise the key by.")],
     scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="Repeatable.")] = None,
     mode: Annotated[str, typer.Option(help="live or test.")] = "live",
+    project: Annotated[str | None, typer.Option(help="Project id (default: the key's).")] = None,
+    user: Annotated[str | None, typer.Option(help="Owner user id (default: you).")] = None,
     api_url: c.ApiUrl = None,
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
@@ -61,7 +64,7 @@ def keys_create(
     if mode not in ("live", "test"):
         raise typer.BadParameter("mode must be 'live' or 'test'", param_hint="--mode")
     with _client(api_url, api_key) as h:
-        answer = h.create_key(name, scope, mode)
+        answer = h.create_key(name, scope, mode, project_id=project, user_id=user)
     _show(answer, json_out, KEY_COLUMNS)
     _secret_notice(answer, json_out)
 
@@ -146,18 +149,46 @@ def users_ls(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Jso
 @c.handle_errors
 def users_create(
     email: Annotated[str, typer.Argument(help="E-mail address.")],
-    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name (default: from the email).")] = (
+        None
+    ),
+    admin: Annotated[bool, typer.Option("--admin", help="Server administrator.")] = False,
     api_url: c.ApiUrl = None,
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
     """Create a user."""
     with _client(api_url, api_key) as h:
-        _show(h.create_user(email, name), json_out, USER_COLUMNS)
+        answer = h.create_user(email, name or email.split("@")[0], is_admin=admin)
+    _show(answer, json_out, USER_COLUMNS)
 
 
 @c.handle_errors
 def me(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False) -> None:
     """Who the API key belongs to."""
     with _client(api_url, api_key) as h:
-        _show(h.me(), json_out, ())
+        answer = h.me()
+    if json_out:
+        c.print_json(answer)
+    else:
+        c.print_table(me_rows(answer), ("field", "value"))
+
+
+def me_rows(me: dict[str, Any]) -> list[dict[str, Any]]:
+    """`/v1/me` flattened for a two-column table (nested objects as `name (id)`)."""
+
+    def label(obj: Any, name: str, ident: str) -> Any:
+        if isinstance(obj, dict):
+            return f"{obj.get(name, '')} ({obj.get(ident, '')})"
+        return obj
+
+    rows = [
+        {"field": "user", "value": label(me.get("user"), "email", "user_id")},
+        {"field": "project", "value": label(me.get("project"), "name", "project_id")},
+        {"field": "key", "value": label(me.get("key"), "display", "key_id")},
+        {"field": "role", "value": me.get("role")},
+        {"field": "scopes", "value": me.get("effective_scopes")},
+    ]
+    known = {"user", "project", "key", "role", "effective_scopes"}
+    rows += [{"field": k, "value": v} for k, v in me.items() if k not in known]
+    return rows

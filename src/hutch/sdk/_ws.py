@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -67,12 +68,14 @@ class SyncExecStream:
         except (InvalidHandshake, OSError, TimeoutError) as e:
             raise _handshake_error(e, config) from e
         try:
-            ws.send(first)
-            event = _frames.decode(ws.recv())
+            # Refused at once? Then the server's error frame is still there to read below.
+            with contextlib.suppress(ConnectionClosed):
+                ws.send(first)
+            try:
+                event = _frames.decode(ws.recv())
+            except ConnectionClosed as e:
+                raise _closed_error(e) from e
             pid, pending = _first(event, attach_pid)
-        except ConnectionClosed as e:
-            ws.close()
-            raise _frames.stream_closed_early() from e
         except BaseException:
             ws.close()
             raise
@@ -122,12 +125,14 @@ class AsyncExecStream:
         except (InvalidHandshake, OSError, TimeoutError) as e:
             raise _handshake_error(e, config) from e
         try:
-            await ws.send(first)
-            event = _frames.decode(await ws.recv())
+            # Refused at once? Then the server's error frame is still there to read below.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(first)
+            try:
+                event = _frames.decode(await ws.recv())
+            except ConnectionClosed as e:
+                raise _closed_error(e) from e
             pid, pending = _first(event, attach_pid)
-        except ConnectionClosed as e:
-            await ws.close()
-            raise _frames.stream_closed_early() from e
         except BaseException:
             await ws.close()
             raise
@@ -156,6 +161,19 @@ class AsyncExecStream:
     async def close(self) -> None:
         """Close the stream; a background process keeps running."""
         await self._ws.close()
+
+
+# The API closes a refused stream with 4000 + the HTTP status the refusal would have had.
+WS_REFUSED_BASE = 4000
+
+
+def _closed_error(e: ConnectionClosed) -> HutchSDKError:
+    """The stream closed before 'started': typed by the close code when the server gave one."""
+    code = e.rcvd.code if e.rcvd is not None else None
+    if code is not None and WS_REFUSED_BASE + 400 <= code < WS_REFUSED_BASE + 600:
+        reason = e.rcvd.reason if e.rcvd is not None else ""
+        return error_from_problem(code - WS_REFUSED_BASE, reason or None)
+    return _frames.stream_closed_early()
 
 
 def _first(event: _frames.Event, attach_pid: int | None) -> tuple[int, _frames.Event | None]:

@@ -55,12 +55,22 @@ class Hutch:
 
     # keys
     def create_key(
-        self, name: str, scopes: list[str] | None = None, mode: str = "live"
+        self,
+        name: str,
+        scopes: list[str] | None = None,
+        mode: str = "live",
+        *,
+        project_id: str | None = None,
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """Create an API key; the answer's `key` is the secret and is shown only this once."""
         body: dict[str, Any] = {"name": name, "mode": mode}
         if scopes:
             body["scopes"] = scopes
+        if project_id:
+            body["project_id"] = project_id
+        if user_id:
+            body["user_id"] = user_id
         return self._http.send(_ops.create_json("/v1/keys", body))
 
     def list_keys(self) -> list[dict[str, Any]]:

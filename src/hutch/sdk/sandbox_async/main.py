@@ -74,6 +74,11 @@ class AsyncSandbox:
         return self._info.sandbox_id
 
     @property
+    def info(self) -> SandboxInfo:
+        """What the API last said about this sandbox (`get_info()` asks again)."""
+        return self._info
+
+    @property
     def commands(self) -> AsyncCommands:
         """Run commands."""
         return self._commands

@@ -62,6 +62,13 @@ class CommandHandle:
         """Exit code once the command ended, else None."""
         return self._out.result.exit_code if self._out.result else None
 
+    @property
+    def done(self) -> bool:
+        """Whether the command is known to have ended (or its output pump stopped)."""
+        if self._out.result is not None:
+            return True
+        return self._pump is not None and not self._pump.is_alive()
+
     def _ensure_stream(self) -> SyncExecStream:
         with self._lock:
             if self._stream is None:

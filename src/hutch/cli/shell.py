@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -11,7 +12,7 @@ import typer
 
 from hutch.cli import _common as c
 from hutch.cli.terminal import WinchFlag, raw_mode, terminal_size
-from hutch.sdk import Sandbox
+from hutch.sdk import HutchSDKError, Sandbox
 
 POLL_S = 0.1
 
@@ -54,14 +55,20 @@ def shell(
         with raw_mode(fd), WinchFlag().installed() as winch:
             while not term.done:
                 if winch.take():
-                    term.resize(terminal_size(fd))
+                    with contextlib.suppress(HutchSDKError):  # a resize lost at exit is harmless
+                        term.resize(terminal_size(fd))
                 ready, _, _ = select.select([fd], [], [], POLL_S)
                 if ready:
                     data = os.read(fd, 4096)
                     if not data:  # our stdin closed: nobody is left to type, end the shell
                         term.kill()
                         break
-                    term.send_stdin(data)
+                    try:
+                        term.send_stdin(data)
+                    except HutchSDKError:
+                        if term.done:  # it ended while we were typing: not an error
+                            break
+                        raise
         result = term.wait()
     finally:
         sb.close()

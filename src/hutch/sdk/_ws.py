@@ -95,11 +95,17 @@ class SyncExecStream:
 
     def send_input(self, data: bytes | str, pty: bool = False) -> None:
         """Write to the process's stdin (or PTY)."""
-        self._ws.send(_frames.stdin(data, pty))
+        try:
+            self._ws.send(_frames.stdin(data, pty))
+        except ConnectionClosed as e:
+            raise _frames.stream_closed_early() from e
 
     def send_control(self, frame: str) -> None:
         """Send a JSON control frame (resize, close_stdin, signal)."""
-        self._ws.send(frame)
+        try:
+            self._ws.send(frame)
+        except ConnectionClosed as e:
+            raise _frames.stream_closed_early() from e
 
     def close(self) -> None:
         """Close the stream; a background process keeps running."""
@@ -152,11 +158,17 @@ class AsyncExecStream:
 
     async def send_input(self, data: bytes | str, pty: bool = False) -> None:
         """Write to the process's stdin (or PTY)."""
-        await self._ws.send(_frames.stdin(data, pty))
+        try:
+            await self._ws.send(_frames.stdin(data, pty))
+        except ConnectionClosed as e:
+            raise _frames.stream_closed_early() from e
 
     async def send_control(self, frame: str) -> None:
         """Send a JSON control frame (resize, close_stdin, signal)."""
-        await self._ws.send(frame)
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed as e:
+            raise _frames.stream_closed_early() from e
 
     async def close(self) -> None:
         """Close the stream; a background process keeps running."""

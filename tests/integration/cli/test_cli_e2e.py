@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +36,7 @@ def hutch(*args: str, input: str | None = None) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def sandbox_id(api: Server) -> str:
+def sandbox_id(api: Server) -> Iterator[str]:
     r = hutch("sandbox", "create", "--timeout", "300", "--metadata", "suite=cli", "--json")
     assert r.returncode == 0, r.stderr
     sid = json.loads(r.stdout)["sandbox_id"]
@@ -89,3 +96,56 @@ def test_errors_name_the_code(api: Server) -> None:
     assert r.returncode == 0 and isinstance(json.loads(r.stdout), dict)
     r = hutch("me", "--api-key", "sk_test_wrong")
     assert r.returncode == 1 and "unauthenticated" in r.stderr
+
+
+def test_shell_is_an_interactive_terminal(sandbox_id: str) -> None:
+    """Drive `hutch sandbox shell` through a real pseudo-terminal, as a person would."""
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(follower)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hutch.cli.main", "sandbox", "shell", sandbox_id],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    seen = bytearray()
+
+    def read_until(marker: bytes, deadline_s: float = 30) -> None:
+        end = time.monotonic() + deadline_s
+        while marker not in seen:
+            assert time.monotonic() < end, f"no {marker!r} in {bytes(seen)[-300:]!r}"
+            ready, _, _ = select.select([leader], [], [], 0.1)
+            if ready:
+                seen.extend(os.read(leader, 4096))
+
+    def read_any(window_s: float) -> None:
+        end = time.monotonic() + window_s
+        while time.monotonic() < end:
+            ready, _, _ = select.select([leader], [], [], 0.05)
+            if ready:
+                seen.extend(os.read(leader, 4096))
+
+    try:
+        os.write(leader, b"echo $((6*7))\r")
+        read_until(b"42")
+        # A window change on our terminal reaches the shell inside the sandbox.
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.killpg(proc.pid, signal.SIGWINCH)
+        end = time.monotonic() + 30
+        while b"30 100" not in seen:  # the signal is asynchronous: ask again until it shows
+            assert time.monotonic() < end, "the resize never reached the sandbox"
+            os.write(leader, b"stty size\r")
+            read_until(b"stty size", 5)
+            read_any(0.5)
+        os.write(leader, b"exit 3\r")
+        assert proc.wait(timeout=30) == 3
+        assert termios.tcgetattr(follower) == before  # raw mode was undone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+        os.close(follower)

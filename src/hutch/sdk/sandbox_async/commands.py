@@ -77,6 +77,8 @@ class AsyncCommandHandle:
     async def _ensure_stream(self) -> AsyncExecStream:
         async with self._lock:
             if self._stream is None:
+                if self._out.result is not None:
+                    raise ProcessNotFoundError(f"process {self._pid} has ended", status=404)
                 self._stream = await AsyncExecStream.open(
                     self._http.config, self._sandbox_id, _frames.attach(self._pid), self._pid
                 )

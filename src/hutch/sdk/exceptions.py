@@ -8,6 +8,50 @@ from typing import Any
 from hutch.models.common import ErrorCode
 
 
+__all__ = [
+    "APIConnectionError",
+    "AccountRestrictedError",
+    "AuthenticationError",
+    "CapacityExhaustedError",
+    "CommandTimeoutError",
+    "ConflictError",
+    "DirectoryNotEmptyError",
+    "DiskFullError",
+    "ERROR_CLASSES",
+    "ExecFailedError",
+    "FileError",
+    "HutchSDKError",
+    "HutchTimeoutError",
+    "IdempotencyConflictError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "IsolationUnavailableError",
+    "KeyExpiredError",
+    "KeyRevokedError",
+    "NotFoundError",
+    "PathOutsideSandboxError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "ProcessNotFoundError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "RunnerUnavailableError",
+    "SandboxFileExistsError",
+    "SandboxFileNotFoundError",
+    "SandboxIsADirectoryError",
+    "SandboxNotADirectoryError",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "ServiceUnavailableError",
+    "TemplateNotFoundError",
+    "TemplateNotReadyError",
+    "error_class",
+    "error_from_frame",
+    "error_from_problem",
+]
+
+
 class HutchSDKError(Exception):
     """Base of every SDK error; `code` is the server's stable error code (None if it sent none)."""
 

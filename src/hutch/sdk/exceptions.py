@@ -7,8 +7,8 @@ from typing import Any
 
 from hutch.models.common import ErrorCode
 
-
 __all__ = [
+    "ERROR_CLASSES",
     "APIConnectionError",
     "AccountRestrictedError",
     "AuthenticationError",
@@ -17,7 +17,6 @@ __all__ = [
     "ConflictError",
     "DirectoryNotEmptyError",
     "DiskFullError",
-    "ERROR_CLASSES",
     "ExecFailedError",
     "FileError",
     "HutchSDKError",

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import inspect
 import time
+import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from hutch.sdk.exceptions import AuthenticationError, SandboxNotRunningError
 
 T = TypeVar("T")
 BIG_MB = 50
+MAX_PEAK = 16 * 1024 * 1024
 
 
 async def aw(value: T | Awaitable[T]) -> T:
@@ -143,23 +145,36 @@ async def big_file_streamed(sb: Any, cls: type[Any], tmp: Path) -> None:
     """A 50 MB upload from a file object and a streamed download, checked by hash both ways."""
     src = tmp / "big.bin"
     digest = big_file(src)
-    with src.open("rb") as f:
-        written = await aw(sb.files.write("/tmp/big.bin", f))
+    tracemalloc.start()
+    try:
+        with src.open("rb") as f:
+            written = await aw(sb.files.write("/tmp/big.bin", f))
+        upload_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert written.size == BIG_MB * 1024 * 1024
+    # Streamed in chunks: the client never held anything close to the whole file.
+    assert upload_peak < MAX_PEAK, f"upload peaked at {upload_peak} bytes"
     r = await aw(sb.commands.run("sha256sum /tmp/big.bin"))
     assert r.stdout.split()[0] == digest
     h = hashlib.sha256()
     chunks = 0
-    stream = await aw(sb.files.read("/tmp/big.bin", format="stream"))
-    if cls is AsyncSandbox:
-        async for c in stream:
-            h.update(c)
-            chunks += 1
-    else:
-        for c in stream:
-            h.update(c)
-            chunks += 1
+    tracemalloc.start()
+    try:
+        stream = await aw(sb.files.read("/tmp/big.bin", format="stream"))
+        if cls is AsyncSandbox:
+            async for c in stream:
+                h.update(c)
+                chunks += 1
+        else:
+            for c in stream:
+                h.update(c)
+                chunks += 1
+        download_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert h.hexdigest() == digest
+    assert download_peak < MAX_PEAK, f"download peaked at {download_peak} bytes"
     assert chunks > 1  # it arrived in pieces, not as one buffer
 
 

@@ -57,8 +57,11 @@ def test_context_manager_kills(api: Server) -> None:
     with Sandbox.create(timeout=60) as sb:
         sid = sb.sandbox_id
         assert sb.commands.run("echo ok").stdout == "ok\n"
-    info = Sandbox.connect(sid).get_info()
-    assert info.state in ("stopping", "stopped")
+    again = Sandbox.connect(sid)
+    try:
+        assert again.info.state in ("stopping", "stopped")
+    finally:
+        again.close()
 
 
 def test_top_level_import(api: Server) -> None:

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["AsyncSandbox", "Sandbox", "__version__"]
 
 if TYPE_CHECKING:
-    from hutch.sdk import AsyncSandbox, Sandbox  # type: ignore[attr-defined]
+    from hutch.sdk import AsyncSandbox, Sandbox
 
 
 def __getattr__(name: str) -> Any:

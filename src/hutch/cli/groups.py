@@ -7,6 +7,12 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach every command group; each group module owns its own commands."""
-    from hutch.cli import serve
+    from hutch.cli import accounts, sandbox, serve, template
 
     serve.register(app)
+    app.add_typer(sandbox.app, name="sandbox")
+    app.add_typer(accounts.keys, name="keys")
+    app.add_typer(template.app, name="template")
+    app.add_typer(accounts.projects, name="projects")
+    app.add_typer(accounts.users, name="users")
+    app.command("me")(accounts.me)

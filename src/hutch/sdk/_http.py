@@ -1,0 +1,220 @@
+"""HTTP plumbing shared by the sync and async SDK: a request description (`Call`), the retry
+decision, error mapping, and two thin I/O shells (`SyncHttp`, `AsyncHttp`) over httpx.
+
+Retries are a few lines here rather than a library: the decision depends on Hutch's own rules
+(idempotent calls and creates carrying an Idempotency-Key may be replayed; streamed bodies not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import httpx
+
+from hutch.sdk.config import ConnectionConfig
+from hutch.sdk.exceptions import (
+    APIConnectionError,
+    HutchSDKError,
+    RequestTimeoutError,
+    error_from_problem,
+)
+
+T = TypeVar("T")
+DEFAULT: Literal["default"] = "default"
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Transport failures after which the server may or may not have seen the request.
+_MAYBE_SENT = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+# Failures where the request certainly never reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _none(_: httpx.Response) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request and how to read its answer; built once, sent by either shell."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: tuple[tuple[str, str], ...] = ()
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    idempotent: bool = True
+    timeout: float | Literal["default"] | None = DEFAULT
+
+
+def no_content(method: str, path: str, **kw: Any) -> Call[None]:
+    """A call whose answer body is ignored (204s)."""
+    return Call(method, path, _none, **kw)
+
+
+def retry_delay(
+    call: Call[Any],
+    config: ConnectionConfig,
+    attempt: int,
+    *,
+    error: Exception | None = None,
+    response: httpx.Response | None = None,
+    replayable: bool = True,
+) -> float | None:
+    """Seconds to wait before trying again, or None to give up now."""
+    if attempt >= config.retry.attempts or not replayable:
+        return None
+    if error is not None:
+        if isinstance(error, _NOT_SENT) or (call.idempotent and isinstance(error, _MAYBE_SENT)):
+            return config.retry.delay(attempt)
+        return None
+    if response is not None and call.idempotent and response.status_code in RETRY_STATUSES:
+        ra = response.headers.get("retry-after")
+        try:
+            after = float(ra) if ra is not None else None
+        except ValueError:
+            after = None
+        return config.retry.delay(attempt, after)
+    return None
+
+
+def transport_error(e: httpx.HTTPError, config: ConnectionConfig) -> HutchSDKError:
+    """Map an httpx failure to the SDK's exception, naming the URL but nothing sensitive."""
+    if isinstance(e, httpx.TimeoutException) and not isinstance(e, httpx.ConnectTimeout):
+        return RequestTimeoutError(
+            "the request timed out; pass a larger request_timeout= if the operation is slow"
+        )
+    return APIConnectionError(f"cannot reach the Hutch API at {config.api_url}: {e}")
+
+
+def raise_for_problem(resp: httpx.Response, body: bytes) -> None:
+    """Raise the typed exception of an error response."""
+    if resp.is_error:
+        raise error_from_problem(resp.status_code, body, dict(resp.headers))
+
+
+def _timeout(call: Call[Any], config: ConnectionConfig) -> float | None:
+    return config.request_timeout if call.timeout == DEFAULT else call.timeout
+
+
+def _request_kwargs(call: Call[Any], config: ConnectionConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "params": list(call.params),
+        "headers": dict(call.headers),
+        "timeout": _timeout(call, config),
+    }
+    if call.json is not None:
+        kw["json"] = call.json
+    return kw
+
+
+class SyncHttp:
+    """Blocking shell: sends `Call`s with retries over one pooled `httpx.Client`."""
+
+    def __init__(self, config: ConnectionConfig, client: httpx.Client | None = None) -> None:
+        self.config = config
+        self._client = client or httpx.Client(
+            base_url=config.api_url, headers=config.headers(), timeout=config.request_timeout
+        )
+
+    def send(self, call: Call[T], content: bytes | Iterable[bytes] | None = None) -> T:
+        """Send a call (optionally with a raw body) and parse its answer."""
+        replayable = content is None or isinstance(content, bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = self._client.request(
+                    call.method, call.path, content=content, **_request_kwargs(call, self.config)
+                )
+            except httpx.HTTPError as e:
+                delay = retry_delay(call, self.config, attempt, error=e, replayable=replayable)
+                if delay is None:
+                    raise transport_error(e, self.config) from e
+                time.sleep(delay)
+                continue
+            delay = retry_delay(call, self.config, attempt, response=resp, replayable=replayable)
+            if delay is not None:
+                time.sleep(delay)
+                continue
+            raise_for_problem(resp, resp.content)
+            return call.parse(resp)
+
+    @contextmanager
+    def stream(self, call: Call[Any]) -> Iterator[httpx.Response]:
+        """Open a streamed response (downloads); errors are raised before the body is read."""
+        req = self._client.build_request(
+            call.method, call.path, **_request_kwargs(call, self.config)
+        )
+        try:
+            resp = self._client.send(req, stream=True)
+        except httpx.HTTPError as e:
+            raise transport_error(e, self.config) from e
+        try:
+            if resp.is_error:
+                raise_for_problem(resp, resp.read())
+            yield resp
+        finally:
+            resp.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._client.close()
+
+
+class AsyncHttp:
+    """Asyncio shell: the same as `SyncHttp` over `httpx.AsyncClient`."""
+
+    def __init__(self, config: ConnectionConfig, client: httpx.AsyncClient | None = None) -> None:
+        self.config = config
+        self._client = client or httpx.AsyncClient(
+            base_url=config.api_url, headers=config.headers(), timeout=config.request_timeout
+        )
+
+    async def send(self, call: Call[T], content: bytes | AsyncIterable[bytes] | None = None) -> T:
+        """Send a call (optionally with a raw body) and parse its answer."""
+        replayable = content is None or isinstance(content, bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._client.request(
+                    call.method, call.path, content=content, **_request_kwargs(call, self.config)
+                )
+            except httpx.HTTPError as e:
+                delay = retry_delay(call, self.config, attempt, error=e, replayable=replayable)
+                if delay is None:
+                    raise transport_error(e, self.config) from e
+                await asyncio.sleep(delay)
+                continue
+            delay = retry_delay(call, self.config, attempt, response=resp, replayable=replayable)
+            if delay is not None:
+                await asyncio.sleep(delay)
+                continue
+            raise_for_problem(resp, resp.content)
+            return call.parse(resp)
+
+    @asynccontextmanager
+    async def stream(self, call: Call[Any]) -> AsyncIterator[httpx.Response]:
+        """Open a streamed response (downloads); errors are raised before the body is read."""
+        req = self._client.build_request(
+            call.method, call.path, **_request_kwargs(call, self.config)
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+        except httpx.HTTPError as e:
+            raise transport_error(e, self.config) from e
+        try:
+            if resp.is_error:
+                raise_for_problem(resp, await resp.aread())
+            yield resp
+        finally:
+            await resp.aclose()
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        await self._client.aclose()

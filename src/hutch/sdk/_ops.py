@@ -1,0 +1,310 @@
+"""Every API request the SDK makes, as `Call` values: one place for paths, bodies and parsing,
+so the sync and async classes are thin shells that only do I/O."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import TypeAdapter
+
+from hutch.models.common import ExecUser, IsolationClass, SandboxState
+from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
+from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
+from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
+from hutch.sdk._http import Call, no_content
+from hutch.sdk.types import SandboxInfo, SandboxPage
+
+# Extra time the HTTP request gets beyond a command's own timeout, so the server can answer
+# "timed out" before the client gives up on the connection.
+EXEC_GRACE_S = 15.0
+
+_processes = TypeAdapter(list[ProcessInfo])
+_file_infos = TypeAdapter(list[FileInfo])
+
+
+def _json(resp: httpx.Response) -> Any:
+    return resp.json()
+
+
+def _model(tp: Any) -> Any:
+    def parse(resp: httpx.Response) -> Any:
+        return tp.model_validate_json(resp.content)
+
+    return parse
+
+
+def sbx_path(sandbox_id: str, sub: str = "") -> str:
+    """API path of a sandbox (or one of its sub-routes)."""
+    return f"/v1/sandboxes/{quote(sandbox_id, safe='')}{sub}"
+
+
+def idempotency_headers(key: str | None = None) -> dict[str, str]:
+    """A fresh Idempotency-Key (uuid4) unless the caller chose one."""
+    return {"Idempotency-Key": key or str(uuid.uuid4())}
+
+
+# --- sandboxes ---
+
+
+def create_sandbox(
+    *,
+    template: str,
+    timeout: int,
+    vcpu: int,
+    memory_mb: int,
+    disk_mb: int,
+    isolation: IsolationClass | str,
+    envs: dict[str, str] | None,
+    metadata: dict[str, str] | None,
+    idempotency_key: str | None = None,
+) -> Call[SandboxInfo]:
+    """POST /v1/sandboxes; validated locally first so mistakes fail before any network."""
+    spec = SandboxSpec(
+        template=template,
+        isolation=IsolationClass(isolation),
+        vcpu=vcpu,
+        memory_mb=memory_mb,
+        disk_mb=disk_mb,
+        timeout_s=timeout,
+        env=dict(envs or {}),
+    )
+    body = {**spec.model_dump(mode="json"), "metadata": dict(metadata or {})}
+    return Call(
+        "POST",
+        "/v1/sandboxes",
+        _model(SandboxInfo),
+        json=body,
+        headers=idempotency_headers(idempotency_key),
+    )
+
+
+def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    """GET /v1/sandboxes/{id}."""
+    return Call("GET", sbx_path(sandbox_id), _model(SandboxInfo))
+
+
+def list_sandboxes(
+    *,
+    state: SandboxState | str | None = None,
+    metadata: dict[str, str] | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Call[SandboxPage]:
+    """GET /v1/sandboxes, one page."""
+    params: list[tuple[str, str]] = []
+    if state is not None:
+        params.append(("state", SandboxState(state).value))
+    for k, v in (metadata or {}).items():
+        params.append((f"metadata.{k}", v))
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    if cursor:
+        params.append(("cursor", cursor))
+    return Call("GET", "/v1/sandboxes", _model(SandboxPage), params=tuple(params))
+
+
+def kill_sandbox(sandbox_id: str) -> Call[None]:
+    """DELETE /v1/sandboxes/{id}."""
+    return no_content("DELETE", sbx_path(sandbox_id))
+
+
+def set_timeout(sandbox_id: str, timeout: int) -> Call[SandboxInfo]:
+    """POST /v1/sandboxes/{id}/timeout."""
+    body = SetTimeout(timeout_s=timeout).model_dump()
+    return Call("POST", sbx_path(sandbox_id, "/timeout"), _model(SandboxInfo), json=body)
+
+
+def sandbox_stats(sandbox_id: str) -> Call[SandboxStats]:
+    """GET /v1/sandboxes/{id}/stats."""
+    return Call("GET", sbx_path(sandbox_id, "/stats"), _model(SandboxStats))
+
+
+# --- commands ---
+
+
+def exec_request(
+    cmd: str | list[str],
+    *,
+    envs: dict[str, str] | None = None,
+    cwd: str | None = None,
+    user: ExecUser | str = ExecUser.user,
+    timeout: float | None = 60,
+    stdin: str | None = None,
+    background: bool = False,
+    pty: Any = None,
+    tag: str | None = None,
+) -> ExecRequest:
+    """Validate a command locally; `timeout` 0 or None means no limit (as in e2b)."""
+    return ExecRequest(
+        cmd=cmd,
+        env=dict(envs or {}),
+        cwd=cwd,
+        user=ExecUser(user),
+        stdin=stdin,
+        timeout_s=timeout or None,
+        background=background,
+        pty=pty,
+        tag=tag,
+    )
+
+
+def exec_call(sandbox_id: str, req: ExecRequest, request_timeout: float | None) -> Call[Any]:
+    """POST /exec: ExecResult when foreground, ProcessInfo when background. Not replayed: a
+    command must not run twice because a connection dropped."""
+    if req.background:
+        return Call(
+            "POST",
+            sbx_path(sandbox_id, "/exec"),
+            _model(ProcessInfo),
+            json=req.model_dump(mode="json"),
+            idempotent=False,
+        )
+    timeout: float | None = None
+    if req.timeout_s is not None and request_timeout is not None:
+        timeout = req.timeout_s + max(request_timeout, EXEC_GRACE_S)
+    return Call(
+        "POST",
+        sbx_path(sandbox_id, "/exec"),
+        _model(ExecResult),
+        json=req.model_dump(mode="json"),
+        idempotent=False,
+        timeout=timeout,
+    )
+
+
+def list_processes(sandbox_id: str) -> Call[list[ProcessInfo]]:
+    """GET /processes."""
+    return Call(
+        "GET",
+        sbx_path(sandbox_id, "/processes"),
+        lambda r: _processes.validate_json(r.content),
+    )
+
+
+def signal_process(sandbox_id: str, pid: int, signal: int = 9) -> Call[None]:
+    """POST /processes/{pid}/signal (SIGKILL by default)."""
+    return no_content(
+        "POST",
+        sbx_path(sandbox_id, f"/processes/{pid}/signal"),
+        json=SignalRequest(signal=signal).model_dump(),
+    )
+
+
+def send_stdin(sandbox_id: str, pid: int, data: str | bytes, eof: bool = False) -> Call[None]:
+    """POST /processes/{pid}/stdin. Not replayed: input must not arrive twice."""
+    text = data.decode() if isinstance(data, bytes) else data
+    return no_content(
+        "POST",
+        sbx_path(sandbox_id, f"/processes/{pid}/stdin"),
+        json=StdinRequest(data=text, eof=eof).model_dump(),
+        idempotent=False,
+    )
+
+
+def wait_process(sandbox_id: str, pid: int) -> Call[ExecResult]:
+    """POST /processes/{pid}/wait; blocks until the process ends."""
+    return Call(
+        "POST", sbx_path(sandbox_id, f"/processes/{pid}/wait"), _model(ExecResult), timeout=None
+    )
+
+
+# --- files ---
+
+
+def _path(path: str) -> tuple[tuple[str, str], ...]:
+    return (("path", path),)
+
+
+def read_file(sandbox_id: str, path: str) -> Call[bytes]:
+    """GET /files (downloads may be long: bounded by the idle read timeout, not a total)."""
+    return Call("GET", sbx_path(sandbox_id, "/files"), lambda r: r.content, params=_path(path))
+
+
+def write_file(sandbox_id: str, path: str, user: ExecUser | str = ExecUser.user) -> Call[WriteInfo]:
+    """PUT /files with a raw (possibly streamed) body. A re-upload of the same bytes gives the
+    same result, so buffered bodies may be replayed; streamed ones never are."""
+    return Call(
+        "PUT",
+        sbx_path(sandbox_id, "/files"),
+        _model(WriteInfo),
+        params=(("path", path), ("user", ExecUser(user).value)),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=None,
+    )
+
+
+def list_dir(sandbox_id: str, path: str, depth: int = 1) -> Call[list[FileInfo]]:
+    """GET /files/list."""
+    if depth < 1:
+        raise ValueError("depth must be 1 or more")
+    return Call(
+        "GET",
+        sbx_path(sandbox_id, "/files/list"),
+        lambda r: _file_infos.validate_json(r.content),
+        params=(("path", path), ("depth", str(depth))),
+    )
+
+
+def stat(sandbox_id: str, path: str) -> Call[FileInfo]:
+    """GET /files/stat."""
+    return Call("GET", sbx_path(sandbox_id, "/files/stat"), _model(FileInfo), params=_path(path))
+
+
+def exists(sandbox_id: str, path: str) -> Call[bool]:
+    """GET /files/exists."""
+    return Call(
+        "GET",
+        sbx_path(sandbox_id, "/files/exists"),
+        lambda r: Exists.model_validate_json(r.content).exists,
+        params=_path(path),
+    )
+
+
+def make_dir(sandbox_id: str, path: str, user: ExecUser | str = ExecUser.user) -> Call[FileInfo]:
+    """POST /files/mkdir (mkdir -p)."""
+    body = MakeDir(path=path, user=ExecUser(user)).model_dump(mode="json")
+    return Call("POST", sbx_path(sandbox_id, "/files/mkdir"), _model(FileInfo), json=body)
+
+
+def rename(sandbox_id: str, src: str, dst: str, overwrite: bool = False) -> Call[FileInfo]:
+    """POST /files/rename. Not replayed: a second attempt would find `src` gone."""
+    body = Rename(src=src, dst=dst, overwrite=overwrite).model_dump()
+    return Call(
+        "POST",
+        sbx_path(sandbox_id, "/files/rename"),
+        _model(FileInfo),
+        json=body,
+        idempotent=False,
+    )
+
+
+def remove(sandbox_id: str, path: str, recursive: bool = True) -> Call[None]:
+    """DELETE /files."""
+    params = (("path", path), ("recursive", "true" if recursive else "false"))
+    return no_content("DELETE", sbx_path(sandbox_id, "/files"), params=params)
+
+
+# --- accounts, keys, templates (returned as plain JSON; shapes belong to the server) ---
+
+
+def get_json(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[Any]:
+    """GET any JSON resource."""
+    return Call("GET", path, _json, params=params)
+
+
+def create_json(path: str, body: dict[str, Any], idempotency_key: str | None = None) -> Call[Any]:
+    """POST a create with an Idempotency-Key, so a retried create makes one resource."""
+    return Call("POST", path, _json, json=body, headers=idempotency_headers(idempotency_key))
+
+
+def post_json(path: str, body: dict[str, Any]) -> Call[Any]:
+    """POST a non-create action (not replayed)."""
+    return Call("POST", path, _json, json=body, idempotent=False)
+
+
+def delete(path: str) -> Call[None]:
+    """DELETE a resource."""
+    return no_content("DELETE", path)

@@ -1,0 +1,133 @@
+"""`Hutch`: the blocking client for account resources (keys, projects, users, teams, me,
+templates). Their shapes belong to the server, so answers are returned as plain JSON dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from hutch.sdk import _ops
+from hutch.sdk._http import SyncHttp
+from hutch.sdk.config import ConnectionConfig
+
+MAX_PAGES = 10_000
+
+
+def _items(page: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """A list answer is either a bare JSON list or `{items, next_cursor}`."""
+    if isinstance(page, list):
+        return page, None
+    if isinstance(page, dict) and isinstance(page.get("items"), list):
+        return page["items"], page.get("next_cursor")
+    raise TypeError(f"unexpected list answer from the API: {type(page).__name__}")
+
+
+class Hutch:
+    """Account administration over the REST API."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        config: ConnectionConfig | None = None,
+    ) -> None:
+        self.config = config or ConnectionConfig.resolve(api_url, api_key, request_timeout)
+        self._http = SyncHttp(self.config)
+
+    def _list(self, path: str, **filters: str) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            params = tuple((k, v) for k, v in filters.items()) + (
+                (("cursor", cursor),) if cursor else ()
+            )
+            items, cursor = _items(self._http.send(_ops.get_json(path, params)))
+            yield from items
+            if not cursor:
+                return
+
+    def me(self) -> dict[str, Any]:
+        """Who the key belongs to (user, project, scopes)."""
+        return self._http.send(_ops.get_json("/v1/me"))
+
+    # keys
+    def create_key(
+        self,
+        name: str,
+        scopes: list[str] | None = None,
+        mode: str = "live",
+        *,
+        project_id: str | None = None,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Create an API key; the answer's `key` is the secret and is shown only this once."""
+        body: dict[str, Any] = {"name": name, "mode": mode}
+        if scopes:
+            body["scopes"] = scopes
+        if project_id:
+            body["project_id"] = project_id
+        if user_id:
+            body["user_id"] = user_id
+        return self._http.send(_ops.create_json("/v1/keys", body))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Keys of the project (never their secrets)."""
+        return list(self._list("/v1/keys"))
+
+    def rotate_key(self, key_id: str, grace_s: int | None = None) -> dict[str, Any]:
+        """Issue a new secret; the old one keeps working for `grace_s` seconds."""
+        body = {} if grace_s is None else {"grace_s": grace_s}
+        path = f"/v1/keys/{quote(key_id, safe='')}/rotate"
+        return self._http.send(_ops.post_json(path, body))
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke a key at once."""
+        self._http.send(_ops.delete(f"/v1/keys/{quote(key_id, safe='')}"))
+
+    # projects, users, teams
+    def list_projects(self) -> list[dict[str, Any]]:
+        """Projects visible to the key."""
+        return list(self._list("/v1/projects"))
+
+    def create_project(self, name: str, **extra: Any) -> dict[str, Any]:
+        """Create a project."""
+        body = {"name": name, **extra}
+        return self._http.send(_ops.create_json("/v1/projects", body))
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Users (admin keys only)."""
+        return list(self._list("/v1/users"))
+
+    def create_user(self, email: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Create a user (admin keys only)."""
+        body: dict[str, Any] = {"email": email, **extra}
+        if name:
+            body["name"] = name
+        return self._http.send(_ops.create_json("/v1/users", body))
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        """Teams the key's user belongs to."""
+        return list(self._list("/v1/teams"))
+
+    def create_team(self, name: str) -> dict[str, Any]:
+        """Create a team."""
+        return self._http.send(_ops.create_json("/v1/teams", {"name": name}))
+
+    def list_templates(self) -> list[dict[str, Any]]:
+        """Templates sandboxes can start from."""
+        return list(self._list("/v1/templates"))
+
+    def close(self) -> None:
+        """Release HTTP connections."""
+        self._http.close()
+
+    def __enter__(self) -> Hutch:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Where the SDK connects and with which key: arguments first, then HUTCH_* environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from hutch import __version__
+
+DEFAULT_API_URL = "http://127.0.0.1:8787"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+ENV_API_URL = "HUTCH_API_URL"
+ENV_API_KEY = "HUTCH_API_KEY"
+ENV_REQUEST_TIMEOUT = "HUTCH_REQUEST_TIMEOUT"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failed idempotent request is tried again."""
+
+    attempts: int = 4
+    backoff_s: float = 0.2
+    max_backoff_s: float = 3.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt number `attempt + 1` (attempt counts from 1)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_backoff_s)
+        return min(self.backoff_s * (2 ** (attempt - 1)), self.max_backoff_s)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Everything needed to reach the API: base URL, key and default request timeout."""
+
+    api_url: str = DEFAULT_API_URL
+    api_key: str | None = None
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def resolve(
+        cls,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ConnectionConfig:
+        """Build a config: explicit arguments win, then HUTCH_* variables, then defaults."""
+        env = os.environ if environ is None else environ
+        url = api_url or env.get(ENV_API_URL) or DEFAULT_API_URL
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"api_url {url!r} must start with http:// or https://")
+        timeout = request_timeout
+        if timeout is None and env.get(ENV_REQUEST_TIMEOUT):
+            raw = env[ENV_REQUEST_TIMEOUT]
+            try:
+                timeout = float(raw)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_REQUEST_TIMEOUT}={raw!r} is not a number of seconds"
+                ) from None
+        return cls(
+            api_url=url.rstrip("/"),
+            api_key=api_key or env.get(ENV_API_KEY) or None,
+            request_timeout=DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout,
+        )
+
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (HTTP and WebSocket handshake)."""
+        h = {"User-Agent": f"hutch-python/{__version__}"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def ws_url(self, path: str) -> str:
+        """The WebSocket URL of an API path (http→ws, https→wss)."""
+        parts = urlsplit(self.api_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))

@@ -1,0 +1,151 @@
+"""The `hutch` command against a real server, run as users run it: a separate process."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sdk.server import Server
+
+pytestmark = pytest.mark.slow
+
+
+def hutch(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with the environment the `api` fixture set."""
+    return subprocess.run(
+        [sys.executable, "-m", "hutch.cli.main", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+
+
+@pytest.fixture
+def sandbox_id(api: Server) -> Iterator[str]:
+    r = hutch("sandbox", "create", "--timeout", "300", "--metadata", "suite=cli", "--json")
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["sandbox_id"]
+    yield sid
+    hutch("sandbox", "kill", sid)
+
+
+def test_create_ls_info_kill(sandbox_id: str) -> None:
+    listed = json.loads(hutch("sandbox", "ls", "--metadata", "suite=cli", "--json").stdout)
+    assert sandbox_id in [s["sandbox_id"] for s in listed]
+    table = hutch("sandbox", "ls").stdout
+    assert sandbox_id in table
+    info = json.loads(hutch("sandbox", "info", sandbox_id, "--json").stdout)
+    assert info["state"] == "running" and info["metadata"] == {"suite": "cli"}
+    r = hutch("sandbox", "kill", sandbox_id, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [
+        {"sandbox_id": sandbox_id, "killed": True}
+    ]
+    info = json.loads(hutch("sandbox", "info", sandbox_id, "--json").stdout)
+    assert info["state"] in ("stopping", "stopped")
+
+
+def test_exec_streams_and_returns_the_exit_code(sandbox_id: str) -> None:
+    r = hutch("sandbox", "exec", sandbox_id, "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    # Like `docker exec`: our options come before the sandbox id, the command's after it.
+    r = hutch(
+        "sandbox", "exec", "--cwd", "/tmp", "-e", "X=1", sandbox_id, "sh", "-c", "echo $X $(pwd)"
+    )
+    assert r.returncode == 0 and r.stdout == "1 /tmp\n"
+    r = hutch("sandbox", "exec", "--stdin", sandbox_id, "wc -c", input="12345")
+    assert r.stdout.strip() == "5"
+    r = hutch("sandbox", "exec", "--json", sandbox_id, "echo hi")
+    assert json.loads(r.stdout)["stdout"] == "hi\n" and json.loads(r.stdout)["exit_code"] == 0
+
+
+def test_cp_round_trip(sandbox_id: str, tmp_path: Path) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    r = hutch("sandbox", "cp", str(src), f"{sandbox_id}:/tmp/")
+    assert r.returncode == 0, r.stderr
+    r = hutch("sandbox", "exec", sandbox_id, "sha256sum /tmp/data.bin")
+    assert r.stdout.split()[0] == hashlib.sha256(src.read_bytes()).hexdigest()
+    back = tmp_path / "back.bin"
+    r = hutch("sandbox", "cp", "--json", f"{sandbox_id}:/tmp/data.bin", str(back))
+    assert r.returncode == 0 and json.loads(r.stdout)["bytes"] == src.stat().st_size
+    assert back.read_bytes() == src.read_bytes()
+    r = hutch("sandbox", "cp", f"{sandbox_id}:/tmp/missing", str(tmp_path / "m"))
+    assert r.returncode == 1 and "file_not_found" in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_errors_name_the_code(api: Server) -> None:
+    r = hutch("sandbox", "info", "sbx_" + "0" * 26)
+    assert r.returncode == 1 and "sandbox_not_found" in r.stderr
+    r = hutch("me", "--json")
+    assert r.returncode == 0 and isinstance(json.loads(r.stdout), dict)
+    r = hutch("me", "--api-key", "sk_test_wrong")
+    assert r.returncode == 1 and "unauthenticated" in r.stderr
+
+
+def test_shell_is_an_interactive_terminal(sandbox_id: str) -> None:
+    """Drive `hutch sandbox shell` through a real pseudo-terminal, as a person would."""
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(follower)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hutch.cli.main", "sandbox", "shell", sandbox_id],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    seen = bytearray()
+
+    def read_until(marker: bytes, deadline_s: float = 30) -> None:
+        end = time.monotonic() + deadline_s
+        while marker not in seen:
+            assert time.monotonic() < end, f"no {marker!r} in {bytes(seen)[-300:]!r}"
+            ready, _, _ = select.select([leader], [], [], 0.1)
+            if ready:
+                seen.extend(os.read(leader, 4096))
+
+    def read_any(window_s: float) -> None:
+        end = time.monotonic() + window_s
+        while time.monotonic() < end:
+            ready, _, _ = select.select([leader], [], [], 0.05)
+            if ready:
+                seen.extend(os.read(leader, 4096))
+
+    try:
+        os.write(leader, b"echo $((6*7))\r")
+        read_until(b"42")
+        # A window change on our terminal reaches the shell inside the sandbox.
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.killpg(proc.pid, signal.SIGWINCH)
+        end = time.monotonic() + 30
+        while b"30 100" not in seen:  # the signal is asynchronous: ask again until it shows
+            assert time.monotonic() < end, "the resize never reached the sandbox"
+            os.write(leader, b"stty size\r")
+            read_until(b"stty size", 5)
+            read_any(0.5)
+        os.write(leader, b"exit 3\r")
+        assert proc.wait(timeout=30) == 3
+        assert termios.tcgetattr(follower) == before  # raw mode was undone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+        os.close(follower)

@@ -1,0 +1,165 @@
+"""The CLI's argument handling, error reporting and offline output, through typer's runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import termios
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from hutch.cli import _common as c
+from hutch.cli.main import app
+from hutch.cli.sandbox import command_string
+from hutch.cli.terminal import WinchFlag, raw_mode, terminal_size
+from hutch.sdk.exceptions import HutchSDKError
+
+# Nothing listens on port 1: any command that reached the network would fail to connect.
+NOWHERE = ["--api-url", "http://127.0.0.1:1", "--api-key", "sk_test_x"]
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.delenv("HUTCH_API_URL", raising=False)
+    monkeypatch.delenv("HUTCH_API_KEY", raising=False)
+    return CliRunner()
+
+
+def test_every_group_is_registered(run: CliRunner) -> None:
+    out = run.invoke(app, ["--help"]).output
+    for group in ("sandbox", "keys", "template", "projects", "users", "me"):
+        assert group in out
+    sandbox = run.invoke(app, ["sandbox", "--help"]).output
+    for cmd in ("create", "ls", "info", "exec", "shell", "cp", "kill"):
+        assert cmd in sandbox
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("sbx_01abc:/home/user/f.txt", c.Location("/home/user/f.txt", "sbx_01abc")),
+        ("sbx_01abc:/", c.Location("/", "sbx_01abc")),
+        ("./a:/b", c.Location("./a:/b")),
+        ("/abs/path", c.Location("/abs/path")),
+        ("relative.txt", c.Location("relative.txt")),
+    ],
+)
+def test_locations(arg: str, expected: c.Location) -> None:
+    assert c.parse_location(arg) == expected
+
+
+def test_sandbox_paths_must_be_absolute() -> None:
+    with pytest.raises(typer.BadParameter, match="absolute"):
+        c.parse_location("sbx_01abc:tmp/x")
+
+
+def test_cp_needs_exactly_one_sandbox_side(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "cp", "a.txt", "b.txt", *NOWHERE])
+    assert r.exit_code == 2 and "exactly one" in r.output
+    r = run.invoke(app, ["sandbox", "cp", "sbx_a:/x", "sbx_b:/y", *NOWHERE])
+    assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_key_value_options_are_checked(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "create", "--env", "NOEQUALS", *NOWHERE])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    assert c.parse_kv(["A=1", "B=x=y", "C="], "--env") == {"A": "1", "B": "x=y", "C": ""}
+
+
+def test_invalid_sizes_fail_before_any_request(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "create", "--vcpu", "99", *NOWHERE])
+    assert r.exit_code == 2
+    assert "vcpu" in r.output and "16" in r.output
+
+
+def test_invalid_sizes_as_json(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "create", "--memory-mb", "1", "--json", *NOWHERE])
+    assert r.exit_code == 2
+    err = json.loads(r.stderr)["error"]
+    assert err["code"] == "invalid_request" and "memory_mb" in err["detail"]
+
+
+def test_unreachable_api_is_a_clear_error(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "info", "sbx_x", *NOWHERE])
+    assert r.exit_code == 1
+    assert "cannot reach the Hutch API at http://127.0.0.1:1" in r.stderr
+    r = run.invoke(app, ["keys", "ls", "--json", *NOWHERE])
+    assert r.exit_code == 1
+    assert set(json.loads(r.stderr)["error"]) == {"code", "status", "detail", "errors"}
+
+
+def test_api_url_from_environment_is_validated(run: CliRunner) -> None:
+    r = run.invoke(app, ["me"], env={"HUTCH_API_URL": "ftp://nope"})
+    assert r.exit_code == 2 and "http://" in r.output
+
+
+def test_exec_keeps_the_commands_own_options(run: CliRunner) -> None:
+    # `-la` belongs to ls, not to us; the failure is the unreachable API, not a usage error.
+    r = run.invoke(app, ["sandbox", "exec", *NOWHERE, "sbx_x", "ls", "-la", "/"])
+    assert r.exit_code == 1 and "cannot reach" in r.stderr
+    assert run.invoke(app, ["sandbox", "exec", "sbx_x"]).exit_code == 2
+
+
+def test_command_string() -> None:
+    assert command_string(["echo $HOME | wc"]) == "echo $HOME | wc"
+    assert command_string(["ls", "-la", "my dir"]) == "ls -la 'my dir'"
+
+
+def test_shell_needs_a_terminal(run: CliRunner) -> None:
+    r = run.invoke(app, ["sandbox", "shell", "sbx_x", *NOWHERE], input="")
+    assert r.exit_code == 2 and "needs a terminal" in r.stderr
+
+
+def test_error_decorator_reports_code_and_exit_status() -> None:
+    @c.handle_errors
+    def boom(json_out: bool = False) -> None:
+        raise HutchSDKError("sandbox is gone", code="sandbox_not_found", status=404)
+
+    with pytest.raises(typer.Exit) as e:
+        boom(json_out=False)
+    assert e.value.exit_code == 1
+
+
+def test_json_conversion_of_results() -> None:
+    from hutch.sdk import CommandResult
+
+    data = c.to_jsonable([CommandResult("o", "e", 3)])
+    assert data == [
+        {
+            "stdout": "o",
+            "stderr": "e",
+            "exit_code": 3,
+            "error": None,
+            "pid": None,
+            "signal": None,
+            "timed_out": False,
+        }
+    ]
+
+
+def test_raw_mode_is_restored_even_on_error() -> None:
+    leader, follower = os.openpty()
+    try:
+        before = termios.tcgetattr(follower)
+        with pytest.raises(RuntimeError), raw_mode(follower):
+            inside = termios.tcgetattr(follower)
+            assert not inside[3] & termios.ECHO and not inside[3] & termios.ICANON
+            raise RuntimeError("interrupted")
+        assert termios.tcgetattr(follower) == before
+        assert terminal_size(follower).cols >= 1
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_window_changes_are_noticed() -> None:
+    flag = WinchFlag()
+    with flag.installed():
+        assert not flag.take()
+        os.kill(os.getpid(), signal.SIGWINCH)
+        assert flag.take()
+        assert not flag.take()
+    assert signal.getsignal(signal.SIGWINCH) is not flag._on_signal

@@ -1,0 +1,92 @@
+"""Requests are built and validated locally, before anything goes on the wire."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from hutch.sdk import _ops
+
+
+def _create(**kw: object) -> _ops.Call[object]:
+    args: dict[str, object] = dict(
+        template="base",
+        timeout=300,
+        vcpu=2,
+        memory_mb=2048,
+        disk_mb=4096,
+        isolation="namespace",
+        envs={"A": "1"},
+        metadata={"team": "x"},
+    )
+    args.update(kw)
+    return _ops.create_sandbox(**args)  # type: ignore[arg-type]
+
+
+def test_create_body_and_idempotency_key() -> None:
+    a, b = _create(), _create()
+    assert a.method == "POST" and a.path == "/v1/sandboxes"
+    assert a.json == {
+        "template": "base",
+        "isolation": "namespace",
+        "vcpu": 2,
+        "memory_mb": 2048,
+        "disk_mb": 4096,
+        "timeout_s": 300,
+        "env": {"A": "1"},
+        "metadata": {"team": "x"},
+    }
+    key_a, key_b = a.headers["Idempotency-Key"], b.headers["Idempotency-Key"]
+    assert uuid.UUID(key_a).version == 4 and key_a != key_b
+    assert _create(idempotency_key="mine").headers["Idempotency-Key"] == "mine"
+    assert a.idempotent  # safe to replay: the key makes the server answer the first result
+
+
+@pytest.mark.parametrize(
+    "bad", [{"vcpu": 99}, {"envs": {"1BAD": "x"}}, {"template": "Bad Name"}, {"isolation": "vm"}]
+)
+def test_invalid_create_fails_locally(bad: dict[str, object]) -> None:
+    with pytest.raises((ValidationError, ValueError)):
+        _create(**bad)
+
+
+def test_list_filters() -> None:
+    call = _ops.list_sandboxes(
+        state="running", metadata={"team": "x", "env": "prod"}, limit=5, cursor="c1"
+    )
+    assert call.params == (
+        ("state", "running"),
+        ("metadata.team", "x"),
+        ("metadata.env", "prod"),
+        ("limit", "5"),
+        ("cursor", "c1"),
+    )
+    with pytest.raises(ValueError):
+        _ops.list_sandboxes(state="sleeping")
+
+
+def test_exec_is_never_replayed_and_outlives_the_command() -> None:
+    req = _ops.exec_request("sleep 1", timeout=100)
+    call = _ops.exec_call("sbx_1", req, request_timeout=30)
+    assert not call.idempotent
+    assert call.timeout == 100 + max(30, _ops.EXEC_GRACE_S)
+    unlimited = _ops.exec_request("sleep 1", timeout=0)
+    assert unlimited.timeout_s is None
+    assert _ops.exec_call("sbx_1", unlimited, 30).timeout is None
+    bg = _ops.exec_call("sbx_1", _ops.exec_request("x", background=True), 30)
+    assert bg.json["background"] is True
+
+
+def test_paths_are_quoted_and_files_params() -> None:
+    assert _ops.sbx_path("a/b", "/stats") == "/v1/sandboxes/a%2Fb/stats"
+    rm = _ops.remove("sbx_1", "/tmp/x y", recursive=False)
+    assert rm.method == "DELETE" and rm.params == (("path", "/tmp/x y"), ("recursive", "false"))
+    w = _ops.write_file("sbx_1", "/f", "root")
+    assert w.params == (("path", "/f"), ("user", "root")) and w.timeout is None
+    with pytest.raises(ValidationError):
+        _ops.rename("sbx_1", "relative", "/b")
+    with pytest.raises(ValueError):
+        _ops.list_dir("sbx_1", "/", depth=0)
+    assert not _ops.send_stdin("sbx_1", 3, b"hi").idempotent

@@ -4,35 +4,41 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, unix_connect
 
 from hutch.models import (
     ErrorCode,
     ExecRequest,
     ExecResult,
+    ExecUser,
     FileInfo,
     HutchError,
     MakeDir,
     ProcessInfo,
     Rename,
     RunnerCreate,
+    RunnerEvent,
     RunnerInfo,
     SandboxInfo,
     SandboxStats,
     SetTimeout,
     SignalRequest,
+    StateEvent,
     StdinRequest,
     TemplateInfo,
+    UsageHeartbeat,
     WriteInfo,
 )
 from hutch.models.files import Exists
 
 BASE = "http://runner"
+_events: TypeAdapter[StateEvent | UsageHeartbeat] = TypeAdapter(RunnerEvent)
 
 
 def _raise_for(resp: httpx.Response) -> None:
@@ -109,10 +115,9 @@ class RunnerClient:
         """Destroy a sandbox."""
         await self._req("DELETE", f"/v1/sandboxes/{sid}")
 
-    async def set_timeout(self, sid: str, timeout_s: int) -> SandboxInfo:
+    async def set_timeout(self, sid: str, req: SetTimeout) -> SandboxInfo:
         """Move the sandbox's deadline."""
-        body = SetTimeout(timeout_s=timeout_s).model_dump()
-        r = await self._req("POST", f"/v1/sandboxes/{sid}/timeout", json=body)
+        r = await self._req("POST", f"/v1/sandboxes/{sid}/timeout", json=req.model_dump())
         return SandboxInfo.model_validate(r.json())
 
     async def stats(self, sid: str) -> SandboxStats:
@@ -122,31 +127,38 @@ class RunnerClient:
 
     # ------------------------------------------------------------------ exec & processes
 
-    async def exec(self, sid: str, req: ExecRequest) -> ExecResult:
-        """Run a command to completion."""
-        body = req.model_dump(mode="json", exclude_none=True)
-        r = await self._req("POST", f"/v1/sandboxes/{sid}/exec", json=body)
+    async def exec(self, sid: str, req: ExecRequest) -> ExecResult | ProcessInfo:
+        """Run a command to completion (an ExecResult), or start it in the background."""
+        r = await self._req("POST", f"/v1/sandboxes/{sid}/exec", json=req.model_dump(mode="json"))
+        if req.background:
+            return ProcessInfo.model_validate(r.json())
         return ExecResult.model_validate(r.json())
+
+    async def run(self, sid: str, req: ExecRequest) -> ExecResult:
+        """Run a command to completion."""
+        res = await self.exec(sid, req.model_copy(update={"background": False}))
+        assert isinstance(res, ExecResult)
+        return res
 
     async def start(self, sid: str, req: ExecRequest) -> ProcessInfo:
         """Start a background process."""
-        body = req.model_copy(update={"background": True}).model_dump(mode="json")
-        r = await self._req("POST", f"/v1/sandboxes/{sid}/exec", json=body)
-        return ProcessInfo.model_validate(r.json())
+        res = await self.exec(sid, req.model_copy(update={"background": True}))
+        assert isinstance(res, ProcessInfo)
+        return res
 
     async def processes(self, sid: str) -> builtins.list[ProcessInfo]:
         """Processes started through exec."""
         r = await self._req("GET", f"/v1/sandboxes/{sid}/processes")
         return [ProcessInfo.model_validate(p) for p in r.json()]
 
-    async def signal(self, sid: str, pid: int, sig: int = 9) -> None:
+    async def signal(self, sid: str, pid: int, req: SignalRequest) -> None:
         """Signal a process."""
-        body = SignalRequest(signal=sig).model_dump()
+        body = req.model_dump()
         await self._req("POST", f"/v1/sandboxes/{sid}/processes/{pid}/signal", json=body)
 
-    async def stdin(self, sid: str, pid: int, data: str = "", eof: bool = False) -> None:
+    async def stdin(self, sid: str, pid: int, req: StdinRequest) -> None:
         """Write to a process's stdin."""
-        body = StdinRequest(data=data, eof=eof).model_dump()
+        body = req.model_dump()
         await self._req("POST", f"/v1/sandboxes/{sid}/processes/{pid}/stdin", json=body)
 
     async def wait(self, sid: str, pid: int) -> ExecResult:
@@ -162,12 +174,12 @@ class RunnerClient:
         """WebSocket for streaming exec (see hutch.models.exec for the frames)."""
         return self.websocket(f"/v1/sandboxes/{sid}/exec/stream")
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Runner events as they happen."""
+    async def events(self) -> AsyncIterator[StateEvent | UsageHeartbeat]:
+        """Runner events as they happen, until the connection drops."""
         async with self.websocket("/v1/events") as ws:
             conn: ClientConnection = ws
             async for msg in conn:
-                yield json.loads(msg)
+                yield _events.validate_json(msg)
 
     # ------------------------------------------------------------------ files
 
@@ -192,18 +204,22 @@ class RunnerClient:
         return b"".join([c async for c in self.read_file(sid, path)])
 
     async def write_file(
-        self, sid: str, path: str, data: bytes | AsyncIterator[bytes], user: str = "user"
+        self,
+        sid: str,
+        path: str,
+        body: bytes | AsyncIterable[bytes],
+        user: ExecUser = ExecUser.user,
     ) -> WriteInfo:
-        """Upload a file (streamed when `data` is an async iterator)."""
+        """Upload a file (streamed when `body` is an async iterable)."""
         r = await self._req(
             "PUT",
             f"/v1/sandboxes/{sid}/files",
-            params={"path": path, "user": user},
-            content=data,
+            params={"path": path, "user": user.value},
+            content=body,
         )
         return WriteInfo.model_validate(r.json())
 
-    async def list_dir(self, sid: str, path: str, depth: int = 1) -> builtins.list[FileInfo]:
+    async def list_files(self, sid: str, path: str, depth: int = 1) -> builtins.list[FileInfo]:
         """Directory entries."""
         r = await self._req(
             "GET", f"/v1/sandboxes/{sid}/files/list", params={"path": path, "depth": depth}
@@ -215,21 +231,20 @@ class RunnerClient:
         r = await self._req("GET", f"/v1/sandboxes/{sid}/files/stat", params={"path": path})
         return FileInfo.model_validate(r.json())
 
-    async def exists(self, sid: str, path: str) -> bool:
+    async def exists(self, sid: str, path: str) -> Exists:
         """Whether a path exists."""
         r = await self._req("GET", f"/v1/sandboxes/{sid}/files/exists", params={"path": path})
-        return Exists.model_validate(r.json()).exists
+        return Exists.model_validate(r.json())
 
-    async def mkdir(self, sid: str, path: str, user: str = "user") -> FileInfo:
+    async def mkdir(self, sid: str, req: MakeDir) -> FileInfo:
         """mkdir -p."""
-        body = MakeDir.model_validate({"path": path, "user": user}).model_dump(mode="json")
+        body = req.model_dump(mode="json")
         r = await self._req("POST", f"/v1/sandboxes/{sid}/files/mkdir", json=body)
         return FileInfo.model_validate(r.json())
 
-    async def rename(self, sid: str, src: str, dst: str, overwrite: bool = False) -> FileInfo:
+    async def rename(self, sid: str, req: Rename) -> FileInfo:
         """Move an entry."""
-        body = Rename(src=src, dst=dst, overwrite=overwrite).model_dump()
-        r = await self._req("POST", f"/v1/sandboxes/{sid}/files/rename", json=body)
+        r = await self._req("POST", f"/v1/sandboxes/{sid}/files/rename", json=req.model_dump())
         return FileInfo.model_validate(r.json())
 
     async def remove(self, sid: str, path: str, recursive: bool = False) -> None:

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 KINDS = ("sqlite", "postgresql")
+
+# Every runner a test starts (directly or through `hutch serve`) shares one template cache, so
+# the base template is built once per machine, not once per test.
+os.environ.setdefault("HUTCH_RUNNER_TEMPLATE_DIR", "/var/cache/hutch/templates")
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("hutch runner: must run as root (it is the only privileged Hutch process)")
     configure_logging()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.data_dir, 0o711)
+    os.chmod(settings.data_dir, 0o700)
     # Sandbox inits are re-parented to us when their launcher exits, so we can reap them.
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     manager = SandboxManager(

@@ -58,6 +58,7 @@ from hutch.runtime.namespace.runtime import set_winsize
 
 PROBLEM = "application/problem+json"
 _frames: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+SandboxPath = Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")]
 
 
 def problem_response(err: HutchError, instance: str | None = None) -> JSONResponse:
@@ -249,10 +250,8 @@ def create_app(manager: SandboxManager) -> FastAPI:
 
     # ----------------------------------------------------------------- files
 
-    Path_ = Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")]
-
     @app.get("/v1/sandboxes/{sid}/files")
-    async def download(sid: str, path: Path_) -> StreamingResponse:
+    async def download(sid: str, path: SandboxPath) -> StreamingResponse:
         f = files(sid)
         fd, size = f.open_read(path)  # errors surface before the response starts
         return StreamingResponse(
@@ -263,7 +262,7 @@ def create_app(manager: SandboxManager) -> FastAPI:
 
     @app.put("/v1/sandboxes/{sid}/files", response_model=WriteInfo)
     async def upload(
-        sid: str, path: Path_, request: Request, user: ExecUser = ExecUser.user
+        sid: str, path: SandboxPath, request: Request, user: ExecUser = ExecUser.user
     ) -> WriteInfo:
         f = files(sid)
         size = await f.write_stream(path, request.stream(), user=user.value)
@@ -271,16 +270,16 @@ def create_app(manager: SandboxManager) -> FastAPI:
 
     @app.get("/v1/sandboxes/{sid}/files/list", response_model=list[FileInfo])
     async def list_dir(
-        sid: str, path: Path_, depth: Annotated[int, Query(ge=1, le=10)] = 1
+        sid: str, path: SandboxPath, depth: Annotated[int, Query(ge=1, le=10)] = 1
     ) -> list[FileInfo]:
         return await asyncio.to_thread(files(sid).list, path, depth)
 
     @app.get("/v1/sandboxes/{sid}/files/stat", response_model=FileInfo)
-    async def stat(sid: str, path: Path_) -> FileInfo:
+    async def stat(sid: str, path: SandboxPath) -> FileInfo:
         return await asyncio.to_thread(files(sid).stat, path)
 
     @app.get("/v1/sandboxes/{sid}/files/exists", response_model=Exists)
-    async def exists(sid: str, path: Path_) -> Exists:
+    async def exists(sid: str, path: SandboxPath) -> Exists:
         return Exists(path=path, exists=await asyncio.to_thread(files(sid).exists, path))
 
     @app.post("/v1/sandboxes/{sid}/files/mkdir", response_model=FileInfo)
@@ -292,7 +291,7 @@ def create_app(manager: SandboxManager) -> FastAPI:
         return await asyncio.to_thread(files(sid).rename, body.src, body.dst, body.overwrite)
 
     @app.delete("/v1/sandboxes/{sid}/files", status_code=204)
-    async def remove(sid: str, path: Path_, recursive: bool = False) -> Response:
+    async def remove(sid: str, path: SandboxPath, recursive: bool = False) -> Response:
         await asyncio.to_thread(files(sid).remove, path, recursive)
         return Response(status_code=204)
 

@@ -249,6 +249,9 @@ class SandboxFiles:
         and a failed upload (disk full, client gone) leaves the old content untouched.
         """
         owner = self._owner(user)
+        parent, _ = split_parent(normalize(path))
+        if not self.exists(parent):  # like E2B: writing a file creates its directories
+            self.make_dir(parent, user)
         with self._parent(path) as (pfd, name, norm):
             try:
                 s = os.stat(name, dir_fd=pfd, follow_symlinks=False)

@@ -112,8 +112,7 @@ class SandboxManager:
     async def start(self) -> None:
         """Prepare directories, reconcile with the host, start the timers."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o711)
-        _check_traversable(self.dir)
+        os.chmod(self.dir, 0o700)
         await self.reconcile()
         self._tasks = [
             asyncio.create_task(self._expiry_loop()),
@@ -246,7 +245,7 @@ class SandboxManager:
         sb = Sandbox(record=rec, plan=plan)
         self.sandboxes[sandbox_id] = sb
         try:
-            plan.state_dir.mkdir(mode=0o711)
+            plan.state_dir.mkdir(mode=0o700)
             self._write(rec)  # persisted before the kernel is touched
             await runtime.create(plan)
             rec.state = SandboxState.running
@@ -427,13 +426,3 @@ class SandboxManager:
             with contextlib.suppress(Exception):
                 await rt.destroy(plan)
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _check_traversable(path: Path) -> None:
-    """Sandbox setup runs as the sandbox's own (unprivileged) uid and must reach its state dir."""
-    for p in [path, *path.parents]:
-        if not os.stat(p).st_mode & 0o001:
-            raise RuntimeError(
-                f"{p} is not traversable by other users (mode {oct(os.stat(p).st_mode & 0o777)});"
-                " the runner's data directory and its parents need the o+x bit"
-            )

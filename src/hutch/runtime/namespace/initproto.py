@@ -48,7 +48,15 @@ class InitConnection:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_MSG)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
-        sock.connect(self.path)
+        # Through a directory fd: unix socket paths are limited to 108 bytes.
+        dfd = os.open(os.path.dirname(self.path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            sock.connect(f"/proc/self/fd/{dfd}/{os.path.basename(self.path)}")
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.close(dfd)
         self._sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 

@@ -106,6 +106,45 @@ static void write_file(const char *path, const char *buf) {
     close(fd);
 }
 
+/* Hand the rootfs directory to the child as an fd: it then needs no search permission on the
+ * host path above it (the runner's data dir may sit below directories only root can enter). */
+static void send_fd(int sock, char c, int fd) {
+    struct iovec iov = {&c, 1};
+    union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = u.b;
+    mh.msg_controllen = sizeof u.b;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    if (sendmsg(sock, &mh, 0) != 1) die("send rootfs fd");
+}
+
+static int recv_fd(int sock, char want) {
+    char c = 0;
+    struct iovec iov = {&c, 1};
+    union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = u.b;
+    mh.msg_controllen = sizeof u.b;
+    ssize_t n;
+    do n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+    if (n != 1 || c != want) { errno = 0; die("sandbox setup partner went away"); }
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS) { errno = 0; die("no rootfs fd"); }
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    return fd;
+}
+
 static void sync_write(int fd, char c) {
     if (write(fd, &c, 1) != 1) die("sync write");
 }
@@ -360,8 +399,7 @@ __attribute__((noreturn)) static int serve(int listen_fd);
 static int child_main(void *arg) {
     struct child_args *a = arg;
     struct opts *o = a->o;
-    char root[4096];
-    snprintf(root, sizeof root, "%s/mnt/root", o->state_dir);
+    const char *root = "."; /* every path below is relative to the rootfs, our cwd */
 
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* if the launcher dies before we are ready, so do we */
     clearenv(); /* nothing of the runner's environment reaches the sandbox */
@@ -372,7 +410,9 @@ static int child_main(void *arg) {
     if (setgroups(0, NULL) < 0) die("setgroups");
     if (do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make / private");
     sync_write(a->sync, 'P');
-    if (sync_read(a->sync) != 'R') _exit(1); /* rootfs mounted by the launcher */
+    int rootfd = recv_fd(a->sync, 'R'); /* rootfs mounted by the launcher */
+    if (fchdir(rootfd) < 0) die("enter rootfs");
+    close(rootfd);
 
     char p[4200];
     snprintf(p, sizeof p, "%s/proc", root);
@@ -386,7 +426,6 @@ static int child_main(void *arg) {
     mkdir_p(p, 01777);
     if (chmod(p, 01777) < 0) die("chmod /tmp");
 
-    if (chdir(root) < 0) die("chdir rootfs");
     if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root");
     if (do_umount2(".", MNT_DETACH) < 0) die("detach old root");
     if (chdir("/") < 0) die("chdir /");
@@ -725,18 +764,21 @@ int main(int argc, char **argv) {
     snprintf(pidstr, sizeof pidstr, "%d", getpid());
     for (int i = 0; i < o.ncg; i++) write_file(o.cgroup_procs[i], pidstr);
 
-    char sockpath[4096];
-    snprintf(sockpath, sizeof sockpath, "%s/ctl.sock", o.state_dir);
+    /* Bound by a relative name from inside the state dir: a unix socket path is limited to
+     * 108 bytes and the state dir may be deeper than that. */
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cwd < 0 || chdir(o.state_dir) < 0) die("enter %s", o.state_dir);
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
-    if (strlen(sockpath) >= sizeof sa.sun_path) { errno = ENAMETOOLONG; die("socket path"); }
-    strcpy(sa.sun_path, sockpath);
+    strcpy(sa.sun_path, "ctl.sock");
     int lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (lfd < 0) die("socket");
-    unlink(sockpath);
-    if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind %s", sockpath);
-    if (chmod(sockpath, 0600) < 0) die("chmod socket");
+    unlink("ctl.sock");
+    if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind ctl.sock");
+    if (chmod("ctl.sock", 0600) < 0) die("chmod socket");
+    if (fchdir(cwd) < 0) die("fchdir");
+    close(cwd);
     if (listen(lfd, 16) < 0) die("listen");
 
     int sp[2];
@@ -766,7 +808,12 @@ int main(int argc, char **argv) {
     sync_write(sp[0], 'M');
     if (sync_read(sp[0]) != 'P') _exit(1);
     build_rootfs(&o, child);
-    sync_write(sp[0], 'R');
+    char rootpath[4200];
+    snprintf(rootpath, sizeof rootpath, "%s/mnt/root", o.state_dir);
+    int rootfd = open(rootpath, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) die("open %s", rootpath);
+    send_fd(sp[0], 'R', rootfd);
+    close(rootfd);
     if (sync_read(sp[0]) != 'D') _exit(1);
     printf("%d\n", child);
     fflush(stdout);

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,7 +148,7 @@ class Output:
 
 async def _drain(fd: int) -> bytes:
     loop = asyncio.get_running_loop()
-    chunks = []
+    chunks: list[bytes] = []
     os.set_blocking(fd, False)
     while True:
         fut: asyncio.Future[None] = loop.create_future()
@@ -167,10 +168,14 @@ async def _drain(fd: int) -> bytes:
 
 
 async def run(
-    runtime: GVisorRuntime, plan: SandboxPlan, cmd: list[str] | str, timeout: float = 30, **kw: object
+    runtime: GVisorRuntime,
+    plan: SandboxPlan,
+    cmd: list[str] | str,
+    timeout: float = 30,
+    **kw: Any,
 ) -> Output:
     """Run a command to completion with pipes and collect its output."""
-    req = ExecRequest(cmd=cmd, **kw)  # type: ignore[arg-type]
+    req = ExecRequest(cmd=cmd, **kw)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     proc, waiter = await runtime.spawn(plan, req, ProcessStdio(stdout=out_w, stderr=err_w))

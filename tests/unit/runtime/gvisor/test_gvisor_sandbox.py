@@ -6,10 +6,11 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
-from hutch.models import ErrorCode, ExecUser, HutchError, PtySize
+from hutch.models import ErrorCode, ExecRequest, ExecUser, HutchError, PtySize
 from hutch.runtime.base import ProcessStdio, SandboxPlan
 from hutch.runtime.gvisor import GVisorRuntime
 
@@ -52,6 +53,9 @@ async def test_file_written_inside_lands_in_host_rootfs(
     assert host.stat().st_uid == sandbox.uid_base + 1000
     # ...and it really is in the writable layer, not in an in-memory overlay of runsc.
     assert (sandbox.state_dir / "upper/home/user/inside.txt").exists()
+    # /tmp too: runsc would otherwise give it a private tmpfs the host cannot see.
+    await run(runtime, sandbox, "echo tmp-data > /tmp/in-tmp.txt")
+    assert (runtime.root_path(sandbox) / "tmp/in-tmp.txt").read_text() == "tmp-data\n"
 
 
 async def test_file_written_on_host_is_seen_inside(
@@ -99,7 +103,9 @@ async def test_missing_command_is_exec_failed(runtime: GVisorRuntime, sandbox: S
 
 async def _procs_inside(runtime: GVisorRuntime, plan: SandboxPlan) -> list[str]:
     out = await run(
-        runtime, plan, "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done",
+        runtime,
+        plan,
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done",
         user=ExecUser.root,
     )
     return [line for line in out.stdout.splitlines() if line.strip()]
@@ -211,7 +217,5 @@ async def test_stats_and_liveness(runtime: GVisorRuntime, sandbox: SandboxPlan) 
     assert stats.disk_used_bytes >= 1_000_000
 
 
-def _req(cmd: list[str] | str, **kw: object):  # type: ignore[no-untyped-def]
-    from hutch.models import ExecRequest
-
-    return ExecRequest(cmd=cmd, **kw)  # type: ignore[arg-type]
+def _req(cmd: list[str] | str, **kw: Any) -> ExecRequest:
+    return ExecRequest(cmd=cmd, **kw)

@@ -10,6 +10,7 @@ from typing import Any
 from hutch.models import ExecRequest, ExecUser
 from hutch.models.common import SANDBOX_USER_HOME, SANDBOX_USER_UID
 from hutch.runtime.base import SandboxPlan
+from hutch.runtime.gvisor.compat import PRELOAD_PATH
 from hutch.runtime.gvisor.mounts import UID_RANGE
 
 CGROUP_PARENT = "hutch"
@@ -69,8 +70,12 @@ def _env_list(env: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def sandbox_config(plan: SandboxPlan, rootfs: Path, netns: Path | None = None) -> dict[str, Any]:
-    """config.json for the sandbox: init process, limits, namespaces, id mapping."""
+def sandbox_config(
+    plan: SandboxPlan, rootfs: Path, netns: Path | None = None, preload: Path | None = None
+) -> dict[str, Any]:
+    """config.json for the sandbox: init process, limits, namespaces, id mapping.
+
+    `preload`: host path of the statx compatibility library (see compat.py), if built."""
     memory = plan.memory_mb * 1024 * 1024
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
@@ -89,7 +94,9 @@ def sandbox_config(plan: SandboxPlan, rootfs: Path, netns: Path | None = None) -
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             "args": INIT_ARGV,
-            "env": _env_list({"PATH": DEFAULT_PATH, **plan.env, "HOME": "/root"}),
+            "env": _env_list(
+                _with_preload({"PATH": DEFAULT_PATH, **plan.env, "HOME": "/root"}, preload)
+            ),
             "cwd": "/",
             "capabilities": _caps(root=True),
             "rlimits": _rlimits(),
@@ -119,6 +126,18 @@ def sandbox_config(plan: SandboxPlan, rootfs: Path, netns: Path | None = None) -
                 "source": "sysfs",
                 "options": ["nosuid", "noexec", "nodev", "ro"],
             },
+            *(
+                [
+                    {
+                        "destination": PRELOAD_PATH,
+                        "type": "bind",
+                        "source": str(preload),
+                        "options": ["rbind", "ro", "nosuid", "nodev"],
+                    }
+                ]
+                if preload
+                else []
+            ),
         ],
         "linux": {
             "namespaces": namespaces,
@@ -152,13 +171,22 @@ def exec_identity(user: ExecUser) -> tuple[int, str]:
     return SANDBOX_USER_UID, SANDBOX_USER_HOME
 
 
-def process_spec(plan: SandboxPlan, req: ExecRequest, terminal: bool) -> dict[str, Any]:
+def _with_preload(env: dict[str, str], preload: Path | bool | None) -> dict[str, str]:
+    if not preload:
+        return env
+    theirs = env.get("LD_PRELOAD")
+    return {**env, "LD_PRELOAD": f"{PRELOAD_PATH}:{theirs}" if theirs else PRELOAD_PATH}
+
+
+def process_spec(
+    plan: SandboxPlan, req: ExecRequest, terminal: bool, preload: bool = False
+) -> dict[str, Any]:
     """process.json for `runsc exec --process`: argv, env, cwd, identity, capabilities."""
     uid, home = exec_identity(req.user)
     base = {"PATH": DEFAULT_PATH, "HOME": home, "USER": "root" if uid == 0 else "user"}
     if terminal:
         base["TERM"] = "xterm-256color"
-    env = {**base, **plan.env, **req.env}
+    env = _with_preload({**base, **plan.env, **req.env}, preload)
     return {
         "terminal": terminal,
         "user": {"uid": uid, "gid": uid, "additionalGids": [uid]},

@@ -73,6 +73,9 @@ class Runsc:
             # Writes must reach the host overlay (the files API reads it); never keep them in
             # runsc's own in-memory overlay, whatever a newer runsc's default is.
             "--overlay2=none",
+            # The runner's files API changes the rootfs from the host while the sandbox runs;
+            # "exclusive" (the default) lets the sandbox's kernel cache listings and go stale.
+            "--file-access=shared",
         ]
 
     async def run(
@@ -165,9 +168,10 @@ def self_check(opts: RunscOptions, timeout: float = 20.0) -> str | None:
     otherwise runsc's reason."""
     with tempfile.TemporaryDirectory(prefix="hutch-runsc-check-") as tmp:
         runsc = Runsc(opts, Path(tmp) / "root")
-        args = [*runsc.global_args(), "do", "--quiet", "true"]
-        # `do` mounts the host root read-only with a tmpfs overlay, so "force-overlay" is its
-        # own business; our --overlay2=none only concerns the flag layer.
+        # `do` brings its own root (the host's, read-only under a tmpfs overlay) and refuses
+        # the file-access/overlay flags of real sandboxes; platform and network are what
+        # this check is about.
+        args = [*runsc.global_args()[:4], "do", "--quiet", "true"]
         try:
             res = subprocess.run(
                 args, capture_output=True, timeout=timeout, cwd=tmp, stdin=subprocess.DEVNULL

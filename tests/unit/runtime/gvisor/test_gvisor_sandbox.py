@@ -58,14 +58,33 @@ async def test_file_written_inside_lands_in_host_rootfs(
     assert (runtime.root_path(sandbox) / "tmp/in-tmp.txt").read_text() == "tmp-data\n"
 
 
-async def test_file_written_on_host_is_seen_inside(
-    runtime: GVisorRuntime, sandbox: SandboxPlan
-) -> None:
-    host = runtime.root_path(sandbox) / "home/user/from-host.txt"
-    host.write_text("written by the files API")
-    os.chown(host, sandbox.uid_base + 1000, sandbox.uid_base + 1000)
-    out = await run(runtime, sandbox, "cat /home/user/from-host.txt; stat -L -c %u / 2>/dev/null")
-    assert out.stdout.startswith("written by the files API")
+async def test_host_changes_are_seen_inside(runtime: GVisorRuntime, sandbox: SandboxPlan) -> None:
+    """The files API writes beneath root_path while the sandbox runs: no stale views inside."""
+    await run(runtime, sandbox, "mkdir -p /home/user/shared && echo v1 > /home/user/shared/f")
+    before = await run(runtime, sandbox, "ls /home/user/shared; cat /home/user/shared/f")
+    assert before.stdout == "f\nv1\n", before.stderr
+    shared = runtime.root_path(sandbox) / "home/user/shared"
+    (shared / "f").write_text("v2, longer\n")
+    (shared / "new").write_text("written by the files API")
+    os.chown(shared / "new", sandbox.uid_base + 1000, sandbox.uid_base + 1000)
+    after = await run(runtime, sandbox, "ls /home/user/shared; cat /home/user/shared/f")
+    assert after.stdout == "f\nnew\nv2, longer\n", after.stderr
+    owner = await run(runtime, sandbox, ["stat", "-c", "%U", "/home/user/shared/new"])
+    assert owner.stdout == "user\n"
+    (shared / "new").unlink()
+    gone = await run(runtime, sandbox, ["ls", "/home/user/shared"])
+    assert gone.stdout == "f\n"
+
+
+async def test_coreutils_stat_works(runtime: GVisorRuntime, sandbox: SandboxPlan) -> None:
+    """runsc 20221219 rejects statx(AT_NO_AUTOMOUNT); the compat library makes ls/stat work."""
+    out = await run(runtime, sandbox, "ls -ld /home/user && stat -c '%u %U' /home/user")
+    assert out.status.code == 0, out.stderr
+    assert out.stdout.split()[2] == "user"
+    assert out.stdout.splitlines()[1] == "1000 user"
+    # The library lives in the in-memory /dev: nothing of it in the disk layer.
+    upper = sandbox.state_dir / "upper"
+    assert not [p for p in upper.rglob("*statx*")]
 
 
 async def test_env_from_plan_and_request(runtime: GVisorRuntime, sandbox: SandboxPlan) -> None:

@@ -164,6 +164,15 @@ def write_config(bundle_dir: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+def has_preload_mount(bundle_dir: Path) -> bool:
+    """Whether the sandbox's config.json mounts the statx compatibility library."""
+    try:
+        config = json.loads((bundle_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(m.get("destination") == PRELOAD_PATH for m in config.get("mounts", []))
+
+
 def exec_identity(user: ExecUser) -> tuple[int, str]:
     """(uid, home) inside the sandbox for an exec user."""
     if user == ExecUser.root:

@@ -60,6 +60,7 @@ class GVisorRuntime(Runtime):
         self._netns_for = netns_for
         self._health: RuntimeHealth | None = None
         self._procs: dict[str, dict[int, process.Tracked]] = {}
+        self._preload_in: dict[str, bool] = {}
 
     # --- health ---
 
@@ -102,8 +103,8 @@ class GVisorRuntime(Runtime):
             log.warning("gvisor.statx_compat_missing", reason=str(e))
         return RuntimeHealth(True, None, details)
 
-    def _require_available(self) -> None:
-        h = self.health()
+    async def _require_available(self) -> None:
+        h = await asyncio.to_thread(self.health)
         if not h.available:
             raise HutchError(ErrorCode.isolation_unavailable, f"gvisor: {h.reason}")
 
@@ -118,7 +119,7 @@ class GVisorRuntime(Runtime):
 
     async def create(self, plan: SandboxPlan) -> None:
         """Mount the rootfs, write the bundle, `runsc run --detach`; undo everything on error."""
-        self._require_available()
+        await self._require_available()
         t0 = time.monotonic()
         try:
             await asyncio.to_thread(self._prepare_rootfs, plan)
@@ -137,6 +138,7 @@ class GVisorRuntime(Runtime):
                 detached_io=True,
             )
             self._drop_mountpoint_placeholders(plan)
+            self._preload_in[plan.sandbox_id] = self._preload is not None
         except BaseException as e:
             with contextlib.suppress(Exception):
                 await self.destroy(plan)
@@ -200,6 +202,7 @@ class GVisorRuntime(Runtime):
         # `runsc delete --force` would do the same (kill sandbox and gofer, rmdir cgroups, drop
         # state files) but then polls the dead sandbox for over a second; the sweep below
         # removes the same pieces directly and verifies nothing is left.
+        self._preload_in.pop(plan.sandbox_id, None)
         # Their waiters resolve (runsc exec ends with the sandbox) and close their PTY copies.
         for tracked in self._procs.pop(plan.sandbox_id, {}).values():
             if tracked.proc.returncode is None:
@@ -244,7 +247,7 @@ class GVisorRuntime(Runtime):
     ) -> tuple[SpawnedProcess, ExitWaiter]:
         """`runsc exec` with the caller's fds (or a new PTY); the waiter yields its status."""
         spec = bundle.process_spec(
-            plan, req, terminal=stdio.pty is not None, preload=self._preload is not None
+            plan, req, terminal=stdio.pty is not None, preload=self._sandbox_has_preload(plan)
         )
         tracked = await process.spawn(self._runsc(plan), plan.sandbox_id, spec, stdio)
         table = self._procs.setdefault(plan.sandbox_id, {})
@@ -252,6 +255,15 @@ class GVisorRuntime(Runtime):
         assert tracked.done is not None
         tracked.done.add_done_callback(lambda _t: self._forget(plan.sandbox_id, tracked))
         return process.spawned(tracked), process.RunscExitWaiter(tracked)
+
+    def _sandbox_has_preload(self, plan: SandboxPlan) -> bool:
+        """Whether the sandbox was made with the statx library mounted (read back from its
+        bundle, so it also holds for sandboxes adopted after a runner restart)."""
+        known = self._preload_in.get(plan.sandbox_id)
+        if known is None:
+            known = bundle.has_preload_mount(SandboxPaths.of(plan).bundle)
+            self._preload_in[plan.sandbox_id] = known
+        return known
 
     def _forget(self, sandbox_id: str, tracked: process.Tracked) -> None:
         table = self._procs.get(sandbox_id)

@@ -118,8 +118,8 @@ def remove_state_dir(plan: SandboxPlan) -> None:
 async def sandbox(runtime: GVisorRuntime) -> AsyncIterator[SandboxPlan]:
     """One running sandbox shared by a module's tests (creating one costs a few 100 ms)."""
     plan = make_plan()
-    await runtime.create(plan)
     try:
+        await runtime.create(plan)
         yield plan
     finally:
         await runtime.destroy(plan)

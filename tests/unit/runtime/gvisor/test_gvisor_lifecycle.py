@@ -14,7 +14,7 @@ from hutch.runtime.base import ProcessStdio, SandboxPlan
 from hutch.runtime.gvisor import GVisorRuntime, RunscOptions, SandboxPaths, cgroups, mounts, scan
 from hutch.runtime.gvisor.cleanup import runsc_processes
 
-from .conftest import run
+from .conftest import make_plan, remove_state_dir, run
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
@@ -63,6 +63,31 @@ async def test_destroy_after_crash(runtime: GVisorRuntime, fresh_plan: SandboxPl
     assert not await fresh_runtime.is_alive(fresh_plan)
     await fresh_runtime.destroy(fresh_plan)
     _assert_nothing_left(fresh_plan)
+
+
+async def test_adopted_after_restart_and_isolated_from_a_neighbour(
+    runtime: GVisorRuntime, fresh_plan: SandboxPlan
+) -> None:
+    """Two sandboxes made concurrently see only their own files; a new runtime object (as
+    after a runner restart) can drive a sandbox it did not create."""
+    other = make_plan()
+    try:
+        await asyncio.gather(runtime.create(fresh_plan), runtime.create(other))
+        await run(runtime, fresh_plan, "echo mine > /home/user/secret.txt")
+        peek = await run(runtime, other, "cat /home/user/secret.txt")
+        assert peek.status.code != 0 and "No such file" in peek.stderr
+        restarted = GVisorRuntime(runtime.options)
+        assert await restarted.is_alive(fresh_plan)
+        out = await run(restarted, fresh_plan, "ls -l /home/user/secret.txt")
+        assert out.status.code == 0 and out.stderr == "", out.stderr
+        await restarted.destroy(fresh_plan)
+        assert await runtime.is_alive(other)
+    finally:
+        await runtime.destroy(fresh_plan)
+        await runtime.destroy(other)
+        remove_state_dir(other)
+    _assert_nothing_left(fresh_plan)
+    _assert_nothing_left(other)
 
 
 async def test_destroy_half_made(runtime: GVisorRuntime, fresh_plan: SandboxPlan) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from hutch.ids import new_id
 from hutch.models import ExecRequest, IsolationClass
 from hutch.runtime.base import ProcessStdio, SandboxPlan
-from hutch.runtime.gvisor import GVisorRuntime, scan
+from hutch.runtime.gvisor import GVisorRuntime, RunscOptions
 
 ROOTFS_CANDIDATES = [
     Path(p)
@@ -35,6 +35,10 @@ ROOTFS_CANDIDATES = [
     if p
 ]
 STATE_BASE = Path("/var/tmp/hutch-gvisor-bench")
+# Own cgroup parent and exposure dir, so a runner on this host never mistakes these for its own.
+OPTIONS = RunscOptions(
+    cgroup_parent="hutch-gvisor-bench", expose_dir=Path("/run/hutch-gvisor-bench")
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "gvisor.json"
 
 
@@ -50,7 +54,7 @@ def plan_for(rootfs: Path, i: int) -> SandboxPlan:
     uid_base = 4_000_000 + i * 65536
     state = STATE_BASE / sid
     state.mkdir(parents=True)
-    STATE_BASE.chmod(0o711)
+    STATE_BASE.chmod(0o700)
     for sub in ("upper", "work"):
         (state / sub).mkdir()
         os.chown(state / sub, uid_base, uid_base)
@@ -94,7 +98,7 @@ async def bench_hutch(rt: GVisorRuntime, rootfs: Path, n: int) -> dict[str, list
         t3 = time.perf_counter()
         await rt.destroy(plan)
         t4 = time.perf_counter()
-        assert scan(plan).empty()
+        assert rt.leftovers(plan).empty()
         shutil.rmtree(plan.state_dir)
         out["create"].append((t1 - t0) * 1000)
         out["create_first_exec"].append((t2 - t0) * 1000)
@@ -129,7 +133,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20)
     n = ap.parse_args().n
-    rt = GVisorRuntime()
+    rt = GVisorRuntime(STATE_BASE / "work", options=OPTIONS)
     health = rt.health()
     rootfs = next((p for p in ROOTFS_CANDIDATES if (p / "bin/sh").exists()), None)
     if not health.available or rootfs is None:

@@ -43,9 +43,9 @@ ROOT_CAPS = [
 ]
 
 
-def cgroups_path(sandbox_id: str) -> str:
+def cgroups_path(sandbox_id: str, parent: str = CGROUP_PARENT) -> str:
     """The cgroup (relative to each hierarchy's root) runsc puts the sandbox in."""
-    return f"/{CGROUP_PARENT}/{sandbox_id}"
+    return f"/{parent}/{sandbox_id}"
 
 
 def _caps(root: bool) -> dict[str, list[str]]:
@@ -71,10 +71,15 @@ def _env_list(env: dict[str, str]) -> list[str]:
 
 
 def sandbox_config(
-    plan: SandboxPlan, rootfs: Path, netns: Path | None = None, preload: Path | None = None
+    plan: SandboxPlan,
+    rootfs: Path,
+    netns: Path | None = None,
+    preload: Path | None = None,
+    cgroup_parent: str = CGROUP_PARENT,
 ) -> dict[str, Any]:
     """config.json for the sandbox: init process, limits, namespaces, id mapping.
 
+    `rootfs`: the sandbox's `/` at a path runsc's unprivileged file proxy can reach.
     `preload`: host path of the statx compatibility library (see compat.py), if built."""
     memory = plan.memory_mb * 1024 * 1024
     namespaces: list[dict[str, str]] = [
@@ -143,7 +148,7 @@ def sandbox_config(
             "namespaces": namespaces,
             "uidMappings": id_map,
             "gidMappings": id_map,
-            "cgroupsPath": cgroups_path(plan.sandbox_id),
+            "cgroupsPath": cgroups_path(plan.sandbox_id, cgroup_parent),
             "resources": {
                 "cpu": {"quota": plan.vcpu * CPU_PERIOD_US, "period": CPU_PERIOD_US},
                 # memsw equal to memory: the sandbox gets no swap.

@@ -11,18 +11,27 @@ from pathlib import Path
 from hutch.runtime.base import SandboxPlan
 from hutch.runtime.gvisor import cgroups
 from hutch.runtime.gvisor.mounts import mounts_under
+from hutch.runtime.gvisor.runsc import RunscOptions
 
 
 @dataclass(frozen=True)
 class SandboxPaths:
-    """Host paths this runtime creates inside the runner's state dir (upper/work are not ours)."""
+    """Host paths this runtime creates: in the runner's state dir (upper/work are not ours)
+    and the sandbox's exposure point beneath the options' `expose_dir`."""
 
     state_dir: Path
+    exposed: Path
 
     @classmethod
-    def of(cls, plan: SandboxPlan) -> SandboxPaths:
+    def of(cls, plan: SandboxPlan, options: RunscOptions | None = None) -> SandboxPaths:
         """Paths for `plan`."""
-        return cls(plan.state_dir)
+        expose_dir = (options or RunscOptions()).expose_dir
+        return cls(plan.state_dir, expose_dir / plan.sandbox_id)
+
+    @property
+    def exposed_rootfs(self) -> Path:
+        """A bind of `rootfs` that runsc's unprivileged file proxy can reach."""
+        return self.exposed / "rootfs"
 
     @property
     def rootfs(self) -> Path:
@@ -56,7 +65,11 @@ class SandboxPaths:
 
     def owned_dirs(self) -> list[Path]:
         """Directories this runtime creates and must remove."""
-        return [self.rootfs, self.lower, self.bundle, self.runsc_root]
+        return [self.rootfs, self.lower, self.bundle, self.runsc_root, self.exposed]
+
+    def mount_roots(self) -> list[Path]:
+        """Where this runtime mounts things (exposure first: it sits on top of rootfs)."""
+        return [self.exposed, self.rootfs, self.lower]
 
 
 @dataclass
@@ -90,10 +103,11 @@ def runsc_processes(runsc_root: Path) -> list[int]:
     return sorted(found)
 
 
-def sandbox_processes(plan: SandboxPlan) -> list[int]:
+def sandbox_processes(plan: SandboxPlan, options: RunscOptions | None = None) -> list[int]:
     """Every host process that belongs to the sandbox: by runsc root, or by cgroup."""
-    pids = set(runsc_processes(SandboxPaths.of(plan).runsc_root))
-    pids |= cgroups.member_pids(plan.sandbox_id)
+    opts = options or RunscOptions()
+    pids = set(runsc_processes(SandboxPaths.of(plan, opts).runsc_root))
+    pids |= cgroups.member_pids(plan.sandbox_id, opts.cgroup_parent)
     pids.discard(os.getpid())
     return sorted(p for p in pids if _alive(p))
 
@@ -107,19 +121,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def kill_processes(plan: SandboxPlan) -> None:
+def kill_processes(plan: SandboxPlan, options: RunscOptions | None = None) -> None:
     """SIGKILL every host process of the sandbox."""
-    for pid in sandbox_processes(plan):
+    for pid in sandbox_processes(plan, options):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
-def scan(plan: SandboxPlan) -> Leftovers:
+def scan(plan: SandboxPlan, options: RunscOptions | None = None) -> Leftovers:
     """Everything of the sandbox still on the host."""
-    paths = SandboxPaths.of(plan)
+    opts = options or RunscOptions()
+    paths = SandboxPaths.of(plan, opts)
     return Leftovers(
-        processes=sandbox_processes(plan),
-        mounts=mounts_under(paths.rootfs) + mounts_under(paths.lower),
-        cgroups=cgroups.existing(plan.sandbox_id),
+        processes=sandbox_processes(plan, opts),
+        mounts=[m for root in paths.mount_roots() for m in mounts_under(root)],
+        cgroups=cgroups.existing(plan.sandbox_id, opts.cgroup_parent),
         dirs=[d for d in paths.owned_dirs() if d.exists()],
     )

@@ -33,6 +33,7 @@ _MOUNT_ATTR_IDMAP = 0x100000
 _MNT_DETACH = 2
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
+_MS_BIND = 0x1000
 
 
 class _MountAttr(ctypes.Structure):
@@ -160,6 +161,16 @@ def mount_overlay(lower: list[Path], upper: Path, work: Path, target: Path) -> N
             b"overlay", os.fsencode(target), b"overlay", _MS_NOSUID | _MS_NODEV, opts.encode()
         ),
         "mount overlay",
+        target,
+    )
+
+
+def bind(source: Path, target: Path) -> None:
+    """Bind-mount `source` (a directory or mount) at `target`."""
+    libc = _libc()
+    _check(
+        libc.mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None),
+        "bind mount",
         target,
     )
 

@@ -27,6 +27,11 @@ class RunscOptions:
     binary: Path = Path("/usr/bin/runsc")
     platform: str = "ptrace"  # kvm needs /dev/kvm with working nested virtualisation
     network: str = "none"  # loopback only; egress policy plugs in via a prepared netns later
+    cgroup_parent: str = "hutch"  # sandboxes live in <hierarchy>/<parent>/<sandbox id>
+    # runsc's file proxy runs as the sandbox's unprivileged uid and must be able to walk to
+    # the rootfs and to the files bound into the sandbox; the runner's data dir is 0700, so
+    # they are exposed (bind mounts, a copy of the compat library) beneath this 0711 dir.
+    expose_dir: Path = Path("/run/hutch-gvisor")
 
 
 class RunscError(Exception):

@@ -47,13 +47,15 @@ class GVisorRuntime(Runtime):
 
     def __init__(
         self,
-        options: RunscOptions | None = None,
+        work_dir: Path = Path("/var/lib/hutch/gvisor"),
         *,
+        options: RunscOptions | None = None,
         netns_for: NetnsHook | None = None,
-        support_dir: Path = Path("/var/cache/hutch/gvisor"),
     ) -> None:
+        """`work_dir`: private files (the compiled compat library); host paths runsc's
+        unprivileged file proxy must reach go beneath `options.expose_dir` instead."""
         self.options = options or RunscOptions()
-        self.support_dir = support_dir
+        self.work_dir = work_dir
         self._preload: Path | None = None
         # Network seam: returns a prepared network namespace for the sandbox (egress policy),
         # or None for loopback only. runsc then needs `--network=sandbox`; see RunscOptions.
@@ -94,8 +96,22 @@ class GVisorRuntime(Runtime):
         details["self_check_ms"] = f"{(time.monotonic() - t0) * 1000:.0f}"
         if reason is not None:
             return RuntimeHealth(False, reason, details)
+        expose = self.options.expose_dir
         try:
-            self._preload = build_statx_shim(self.support_dir)
+            expose.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(expose, 0o711)
+        except OSError as e:
+            return RuntimeHealth(False, f"cannot prepare {expose}: {e.strerror}", details)
+        for d in [expose, *expose.resolve().parents]:
+            if not os.stat(d).st_mode & 0o001:
+                return RuntimeHealth(
+                    False,
+                    f"{d} must be searchable by others (o+x): gVisor's file proxy runs as the "
+                    "sandbox's unprivileged uid; choose another expose_dir",
+                    details,
+                )
+        try:
+            self._preload = _publish(build_statx_shim(self.work_dir), expose / "lib")
             details["statx_compat"] = "ok"
         except OSError as e:
             # Sandboxes still isolate fine; only coreutils' ls/stat misbehave. Say so loudly.
@@ -111,11 +127,18 @@ class GVisorRuntime(Runtime):
     # --- life cycle ---
 
     def _runsc(self, plan: SandboxPlan) -> Runsc:
-        return Runsc(self.options, SandboxPaths.of(plan).runsc_root)
+        return Runsc(self.options, self._paths(plan).runsc_root)
+
+    def _paths(self, plan: SandboxPlan) -> SandboxPaths:
+        return SandboxPaths.of(plan, self.options)
+
+    def leftovers(self, plan: SandboxPlan) -> cleanup.Leftovers:
+        """Traces of the sandbox still on the host (empty after `destroy`)."""
+        return cleanup.scan(plan, self.options)
 
     def root_path(self, plan: SandboxPlan) -> Path:
         """The host overlay mount that is the sandbox's `/`."""
-        return SandboxPaths.of(plan).rootfs
+        return self._paths(plan).rootfs
 
     async def create(self, plan: SandboxPlan) -> None:
         """Mount the rootfs, write the bundle, `runsc run --detach`; undo everything on error."""
@@ -124,10 +147,11 @@ class GVisorRuntime(Runtime):
         try:
             await asyncio.to_thread(self._prepare_rootfs, plan)
             netns = self._netns_for(plan) if self._netns_for else None
-            paths = SandboxPaths.of(plan)
-            bundle.write_config(
-                paths.bundle, bundle.sandbox_config(plan, paths.rootfs, netns, self._preload)
+            paths = self._paths(plan)
+            config = bundle.sandbox_config(
+                plan, paths.exposed_rootfs, netns, self._preload, self.options.cgroup_parent
             )
+            bundle.write_config(paths.bundle, config)
             paths.runsc_root.mkdir(mode=0o700, exist_ok=True)
             await self._runsc(plan).run(
                 "run",
@@ -158,28 +182,19 @@ class GVisorRuntime(Runtime):
         # sandbox's in-memory /dev; the mount inside stays, the empty file in the disk layer goes.
         if self._preload is None:
             return
-        placeholder = SandboxPaths.of(plan).rootfs / PRELOAD_PATH.lstrip("/")
+        placeholder = self._paths(plan).rootfs / PRELOAD_PATH.lstrip("/")
         with contextlib.suppress(FileNotFoundError):
             st = placeholder.lstat()
             if stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 placeholder.unlink()
 
     def _prepare_rootfs(self, plan: SandboxPlan) -> None:
-        paths = SandboxPaths.of(plan)
+        paths = self._paths(plan)
         for layer in plan.template_layers:
             if not layer.is_dir():
                 raise HutchError(ErrorCode.template_not_ready, f"template layer missing: {layer}")
         if not paths.upper.is_dir() or not paths.work.is_dir():
             raise HutchError(ErrorCode.internal, "the runner did not prepare upper/work dirs")
-        # The gofer runs as the sandbox's root (host uid uid_base) in a user namespace and must
-        # walk down to the rootfs: every directory on the way needs search permission for it.
-        os.chmod(plan.state_dir, os.stat(plan.state_dir).st_mode | 0o011)
-        for parent in plan.state_dir.resolve().parents:
-            if not os.stat(parent).st_mode & 0o001:
-                raise HutchError(
-                    ErrorCode.internal,
-                    f"{parent} must be searchable by others (mode o+x) for gVisor's file proxy",
-                )
         paths.rootfs.mkdir(exist_ok=True)
         paths.lower.mkdir(mode=0o711, exist_ok=True)
         lowers = []
@@ -195,6 +210,11 @@ class GVisorRuntime(Runtime):
             tmp.mkdir()
             os.chown(tmp, plan.uid_base, plan.uid_base)
             os.chmod(tmp, 0o1777)
+        # The gofer runs as the sandbox's root (host uid uid_base) in a user namespace and
+        # cannot walk into the runner's 0700 state dir: it gets the rootfs at a reachable path.
+        paths.exposed.mkdir(mode=0o711, exist_ok=True)
+        paths.exposed_rootfs.mkdir(exist_ok=True)
+        mounts.bind(paths.rootfs, paths.exposed_rootfs)
 
     async def destroy(self, plan: SandboxPlan) -> None:
         """Kill, unmount, remove cgroups and runsc state. Idempotent; works after a crash."""
@@ -216,24 +236,25 @@ class GVisorRuntime(Runtime):
 
     def _sweep(self, plan: SandboxPlan) -> cleanup.Leftovers:
         """Remove whatever runsc did not: processes, cgroups, mounts, our directories."""
-        paths = SandboxPaths.of(plan)
+        paths = self._paths(plan)
+        parent = self.options.cgroup_parent
         deadline = time.monotonic() + DESTROY_TIMEOUT_S
         while True:
-            cleanup.kill_processes(plan)
-            cgroups.kill_members(plan.sandbox_id)
-            gone = not cleanup.sandbox_processes(plan)
-            cg_left = cgroups.remove(plan.sandbox_id)
+            cleanup.kill_processes(plan, self.options)
+            cgroups.kill_members(plan.sandbox_id, parent)
+            gone = not cleanup.sandbox_processes(plan, self.options)
+            cg_left = cgroups.remove(plan.sandbox_id, parent)
             if (gone and not cg_left) or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        mounts.unmount_all(paths.rootfs)
-        mounts.unmount_all(paths.lower)
-        if not mounts.mounts_under(paths.rootfs) and not mounts.mounts_under(paths.lower):
+        for root in paths.mount_roots():
+            mounts.unmount_all(root)
+        if not any(mounts.mounts_under(root) for root in paths.mount_roots()):
             # Only once nothing is mounted: never recurse into a live mount of the template.
             for d in paths.owned_dirs():
                 if d.is_dir() and not d.is_symlink():
                     shutil.rmtree(d, ignore_errors=True)
-        return cleanup.scan(plan)
+        return self.leftovers(plan)
 
     async def is_alive(self, plan: SandboxPlan) -> bool:
         """`runsc state` says running."""
@@ -261,7 +282,7 @@ class GVisorRuntime(Runtime):
         bundle, so it also holds for sandboxes adopted after a runner restart)."""
         known = self._preload_in.get(plan.sandbox_id)
         if known is None:
-            known = bundle.has_preload_mount(SandboxPaths.of(plan).bundle)
+            known = bundle.has_preload_mount(self._paths(plan).bundle)
             self._preload_in[plan.sandbox_id] = known
         return known
 
@@ -290,14 +311,14 @@ class GVisorRuntime(Runtime):
 
     async def stats(self, plan: SandboxPlan) -> SandboxStats:
         """CPU and memory as the host charges them; process count from the sandbox's kernel."""
-        use = await asyncio.to_thread(cgroups.usage, plan.sandbox_id)
+        use = await asyncio.to_thread(cgroups.usage, plan.sandbox_id, self.options.cgroup_parent)
         pids = use.pids
         with contextlib.suppress(RunscError, ValueError):
             data = await self._runsc(plan).stats(plan.sandbox_id)
             current = data.get("pids", {})
             if isinstance(current, dict) and isinstance(current.get("current"), int):
                 pids = current["current"]
-        disk = await asyncio.to_thread(_disk_used, SandboxPaths.of(plan).upper)
+        disk = await asyncio.to_thread(_disk_used, self._paths(plan).upper)
         return SandboxStats(
             sandbox_id=plan.sandbox_id,
             cpu_time_us=use.cpu_time_us,
@@ -319,6 +340,18 @@ def _disk_used(upper: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+def _publish(lib: Path, directory: Path) -> Path:
+    """A world-readable copy of `lib` in `directory` (reachable by runsc's file proxy)."""
+    directory.mkdir(mode=0o755, exist_ok=True)
+    target = directory / lib.name
+    if not target.is_file():
+        tmp = directory / f".{lib.name}.{os.getpid()}"
+        shutil.copyfile(lib, tmp)
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    return target
 
 
 def _ms(t0: float) -> int:

@@ -21,7 +21,7 @@ import pytest
 from hutch.ids import new_id
 from hutch.models import ExecRequest, IsolationClass
 from hutch.runtime.base import ExitStatus, ProcessStdio, SandboxPlan
-from hutch.runtime.gvisor import GVisorRuntime, scan
+from hutch.runtime.gvisor import GVisorRuntime, RunscOptions, scan
 
 RUNSC = Path("/usr/bin/runsc")
 ROOTFS_CANDIDATES = [
@@ -33,8 +33,13 @@ ROOTFS_CANDIDATES = [
     )
     if p
 ]
-# Searchable by others (the gofer runs as the sandbox's uid); /tmp/pytest-of-* is 0700.
 STATE_BASE = Path("/var/tmp/hutch-gvisor-tests")
+WORK_DIR = STATE_BASE / "work"
+# Own cgroup parent and exposure dir: a runner started by another suite on this host reaps
+# unknown sandboxes under the production `hutch` parent, and must not see these.
+TEST_OPTIONS = RunscOptions(
+    cgroup_parent="hutch-gvisor-test", expose_dir=Path("/run/hutch-gvisor-test")
+)
 
 
 def _usable_rootfs(p: Path) -> bool:
@@ -72,7 +77,7 @@ def runtime() -> GVisorRuntime:
     reason = gvisor_skip_reason()
     if reason:
         pytest.skip(reason)
-    rt = GVisorRuntime()
+    rt = GVisorRuntime(WORK_DIR, options=TEST_OPTIONS)
     health = rt.health()
     if not health.available:
         pytest.skip(f"gVisor unavailable: {health.reason}")
@@ -86,7 +91,7 @@ def make_plan(**overrides: object) -> SandboxPlan:
     sandbox_id = new_id("sbx")
     # A uid range nobody else on this machine uses, so other suites' sweeps never touch it.
     uid_base = 3_000_000 + secrets.randbelow(1000) * 65536
-    STATE_BASE.mkdir(mode=0o711, exist_ok=True)
+    STATE_BASE.mkdir(mode=0o700, exist_ok=True)
     state_dir = STATE_BASE / sandbox_id
     state_dir.mkdir(mode=0o700)
     for sub in ("upper", "work"):
@@ -110,7 +115,7 @@ def make_plan(**overrides: object) -> SandboxPlan:
 
 def remove_state_dir(plan: SandboxPlan) -> None:
     """What the runner does after destroy: drop the state dir (upper/work included)."""
-    if scan(plan).empty():
+    if scan(plan, TEST_OPTIONS).empty():
         shutil.rmtree(plan.state_dir, ignore_errors=True)
 
 

@@ -14,21 +14,23 @@ from hutch.runtime.base import ProcessStdio, SandboxPlan
 from hutch.runtime.gvisor import GVisorRuntime, RunscOptions, SandboxPaths, cgroups, mounts, scan
 from hutch.runtime.gvisor.cleanup import runsc_processes
 
-from .conftest import make_plan, remove_state_dir, run
+from .conftest import TEST_OPTIONS, make_plan, remove_state_dir, run
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
 
 def _assert_nothing_left(plan: SandboxPlan) -> None:
-    left = scan(plan)
+    left = scan(plan, TEST_OPTIONS)
     assert left.empty(), left
-    paths = SandboxPaths.of(plan)
+    paths = SandboxPaths.of(plan, TEST_OPTIONS)
     # Independent of the helper: the raw host views.
     assert not runsc_processes(paths.runsc_root)
     with open("/proc/self/mountinfo") as f:
-        assert str(plan.state_dir) not in f.read()
-    assert not list(Path("/sys/fs/cgroup").glob(f"*/hutch/{plan.sandbox_id}"))
-    assert not list(Path("/sys/fs/cgroup").glob(f"hutch/{plan.sandbox_id}"))
+        mountinfo = f.read()
+    assert str(plan.state_dir) not in mountinfo and plan.sandbox_id not in mountinfo
+    parent = TEST_OPTIONS.cgroup_parent
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{parent}/{plan.sandbox_id}"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"{parent}/{plan.sandbox_id}"))
     for d in paths.owned_dirs():
         assert not d.exists(), d
 
@@ -36,7 +38,7 @@ def _assert_nothing_left(plan: SandboxPlan) -> None:
 async def test_destroy_leaves_nothing(runtime: GVisorRuntime, fresh_plan: SandboxPlan) -> None:
     await runtime.create(fresh_plan)
     # While it runs, every kind of trace is there (so the checks below can fail).
-    during = scan(fresh_plan)
+    during = runtime.leftovers(fresh_plan)
     assert during.processes and during.mounts and during.cgroups and during.dirs
     # A background process that is still running at destroy time.
     _proc, waiter = await runtime.spawn(
@@ -56,10 +58,10 @@ async def test_destroy_leaves_nothing(runtime: GVisorRuntime, fresh_plan: Sandbo
 async def test_destroy_after_crash(runtime: GVisorRuntime, fresh_plan: SandboxPlan) -> None:
     """The runner died and the sandbox's runsc processes were killed: destroy still cleans."""
     await runtime.create(fresh_plan)
-    for pid in runsc_processes(SandboxPaths.of(fresh_plan).runsc_root):
+    for pid in runsc_processes(SandboxPaths.of(fresh_plan, TEST_OPTIONS).runsc_root):
         os.kill(pid, signal.SIGKILL)
     # A new runtime object, as after a runner restart: it knows nothing in memory.
-    fresh_runtime = GVisorRuntime(runtime.options)
+    fresh_runtime = GVisorRuntime(runtime.work_dir, options=runtime.options)
     assert not await fresh_runtime.is_alive(fresh_plan)
     await fresh_runtime.destroy(fresh_plan)
     _assert_nothing_left(fresh_plan)
@@ -76,7 +78,7 @@ async def test_adopted_after_restart_and_isolated_from_a_neighbour(
         await run(runtime, fresh_plan, "echo mine > /home/user/secret.txt")
         peek = await run(runtime, other, "cat /home/user/secret.txt")
         assert peek.status.code != 0 and "No such file" in peek.stderr
-        restarted = GVisorRuntime(runtime.options)
+        restarted = GVisorRuntime(runtime.work_dir, options=runtime.options)
         assert await restarted.is_alive(fresh_plan)
         out = await run(restarted, fresh_plan, "ls -l /home/user/secret.txt")
         assert out.status.code == 0 and out.stderr == "", out.stderr
@@ -123,7 +125,10 @@ async def test_limits_reach_the_host_cgroup(
     plan = SandboxPlan(**{**fresh_plan.__dict__, "vcpu": 2, "memory_mb": 384})
     await runtime.create(plan)
     try:
-        found = {p.parent.parent.name: p for p in cgroups.existing(plan.sandbox_id)}
+        found = {
+            p.parent.parent.name: p
+            for p in cgroups.existing(plan.sandbox_id, TEST_OPTIONS.cgroup_parent)
+        }
         if "memory" in found:  # cgroup v1
             mem = found["memory"]
             assert int((mem / "memory.limit_in_bytes").read_text()) == 384 << 20
@@ -143,7 +148,7 @@ async def test_limits_reach_the_host_cgroup(
 
 
 def test_health_reports_missing_binary() -> None:
-    rt = GVisorRuntime(RunscOptions(binary=Path("/nonexistent/runsc")))
+    rt = GVisorRuntime(options=RunscOptions(binary=Path("/nonexistent/runsc")))
     health = rt.health()
     assert not health.available
     assert health.reason and "/nonexistent/runsc" in health.reason
@@ -152,7 +157,7 @@ def test_health_reports_missing_binary() -> None:
 
 async def test_create_refuses_when_unavailable(fresh_plan: SandboxPlan) -> None:
     """No silent fallback to a weaker class: creating fails with isolation_unavailable."""
-    rt = GVisorRuntime(RunscOptions(binary=Path("/nonexistent/runsc")))
+    rt = GVisorRuntime(options=RunscOptions(binary=Path("/nonexistent/runsc")))
     with pytest.raises(HutchError) as exc:
         await rt.create(fresh_plan)
     assert exc.value.code == ErrorCode.isolation_unavailable
@@ -166,7 +171,7 @@ def test_health_reports_failing_self_check(tmp_path: Path) -> None:
         "echo 'cannot start sandbox' >&2; exit 1\n"
     )
     fake.chmod(0o755)
-    health = GVisorRuntime(RunscOptions(binary=fake)).health()
+    health = GVisorRuntime(options=RunscOptions(binary=fake)).health()
     assert not health.available
     assert health.reason and "self-check failed" in health.reason
     assert health.details["version"] == "0.0~fake"

@@ -91,7 +91,8 @@ def make_plan(**overrides: object) -> SandboxPlan:
     sandbox_id = new_id("sbx")
     # A uid range nobody else on this machine uses, so other suites' sweeps never touch it.
     uid_base = 3_000_000 + secrets.randbelow(1000) * 65536
-    STATE_BASE.mkdir(mode=0o700, exist_ok=True)
+    STATE_BASE.mkdir(exist_ok=True)
+    STATE_BASE.chmod(0o700)  # like the runner's data dir: runsc must not need to walk it
     state_dir = STATE_BASE / sandbox_id
     state_dir.mkdir(mode=0o700)
     for sub in ("upper", "work"):

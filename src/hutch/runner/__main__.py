@@ -29,7 +29,7 @@ def build_runtimes(settings: RunnerSettings) -> dict[IsolationClass, Runtime]:
         IsolationClass.namespace: NamespaceRuntime(settings.data_dir / "runtime"),
     }
     try:
-        from hutch.runtime.gvisor import GVisorRuntime  # type: ignore[attr-defined]
+        from hutch.runtime.gvisor import GVisorRuntime
     except ImportError:
         pass
     else:

@@ -302,3 +302,26 @@ async def test_sandboxes_are_isolated_from_each_other(client: RunnerClient) -> N
     finally:
         await client.kill(a)
         await client.kill(b)
+
+
+async def test_gvisor_class_runs_its_own_kernel_with_a_disk_quota(
+    client: RunnerClient, runner: RunnerProc
+) -> None:
+    info = await client.info()
+    gv = next(i for i in info.isolation if i.isolation.value == "gvisor")
+    if not gv.available:
+        pytest.skip(f"gvisor unavailable here: {gv.reason}")
+    sb = await client.create(RunnerCreate(isolation="gvisor", disk_mb=128))  # type: ignore[arg-type]
+    sid = sb.sandbox_id
+    try:
+        _, out, _ = await run(client, sid, ["cat", "/proc/version"])
+        with open("/proc/version") as f:
+            assert out and out != f.read()  # not the host kernel
+        await client.write_file(sid, "/home/user/x.txt", b"through the files API")
+        _, out, _ = await run(client, sid, ["cat", "/home/user/x.txt"])
+        assert out == "through the files API"
+        code, _, err = await run(client, sid, "head -c 200000000 /dev/zero > /home/user/fill")
+        assert code != 0 and "No space left" in err
+    finally:
+        await client.kill(sid)
+    assert leftovers(sid, runner.data_dir / "sandboxes" / sid) == []

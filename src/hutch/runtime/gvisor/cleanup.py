@@ -54,22 +54,33 @@ class SandboxPaths:
         return self.state_dir / "runsc"
 
     @property
+    def disk(self) -> Path:
+        """Mount point of the sandbox's disk (a sparse ext4 image: the disk quota)."""
+        return self.state_dir / "disk"
+
+    @property
+    def disk_image(self) -> Path:
+        """The disk image file."""
+        return self.state_dir / "disk.img"
+
+    @property
     def upper(self) -> Path:
-        """The writable layer (made by the runner)."""
-        return self.state_dir / "upper"
+        """The writable layer, on the sandbox's disk."""
+        return self.disk / "upper"
 
     @property
     def work(self) -> Path:
-        """overlayfs work dir (made by the runner)."""
-        return self.state_dir / "work"
+        """overlayfs work dir, on the sandbox's disk."""
+        return self.disk / "work"
 
     def owned_dirs(self) -> list[Path]:
         """Directories this runtime creates and must remove."""
-        return [self.rootfs, self.lower, self.bundle, self.runsc_root, self.exposed]
+        return [self.rootfs, self.lower, self.bundle, self.runsc_root, self.exposed, self.disk]
 
     def mount_roots(self) -> list[Path]:
-        """Where this runtime mounts things (exposure first: it sits on top of rootfs)."""
-        return [self.exposed, self.rootfs, self.lower]
+        """Where this runtime mounts things (exposure first: it sits on top of rootfs; the disk
+        last: the overlay holds it)."""
+        return [self.exposed, self.rootfs, self.lower, self.disk]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from hutch.runtime.gvisor.bundle import PIDS_LIMIT
 from hutch.runtime.gvisor.cleanup import SandboxPaths
 from hutch.runtime.gvisor.compat import PRELOAD_PATH, build_statx_shim
 from hutch.runtime.gvisor.runsc import Runsc, RunscError, RunscOptions, self_check, version
+from hutch.runtime.namespace.disk import DiskImages
 
 log = structlog.get_logger(__name__)
 
@@ -188,13 +190,29 @@ class GVisorRuntime(Runtime):
             if stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 placeholder.unlink()
 
+    def _mount_disk(self, plan: SandboxPlan) -> None:
+        """The writable layer lives on its own ext4 image, so a full disk is ENOSPC inside and
+        never touches the host's free space (same disk images as the namespace class)."""
+        paths = self._paths(plan)
+        DiskImages(self.work_dir / "disks").clone(plan.disk_mb, paths.disk_image)
+        paths.disk.mkdir(mode=0o700, exist_ok=True)
+        # mount(8) sets up the loop device with autoclear: it detaches when unmounted
+        subprocess.run(
+            ["mount", "-o", "loop,nosuid,nodev,noatime", str(paths.disk_image), str(paths.disk)],
+            check=True,
+            capture_output=True,
+        )
+        for d in (paths.disk, paths.upper, paths.work):
+            d.mkdir(mode=0o755, exist_ok=True)
+            os.chown(d, plan.uid_base, plan.uid_base)
+
     def _prepare_rootfs(self, plan: SandboxPlan) -> None:
         paths = self._paths(plan)
         for layer in plan.template_layers:
             if not layer.is_dir():
                 raise HutchError(ErrorCode.template_not_ready, f"template layer missing: {layer}")
-        if not paths.upper.is_dir() or not paths.work.is_dir():
-            raise HutchError(ErrorCode.internal, "the runner did not prepare upper/work dirs")
+        if not paths.upper.is_dir():
+            self._mount_disk(plan)
         paths.rootfs.mkdir(exist_ok=True)
         paths.lower.mkdir(mode=0o711, exist_ok=True)
         lowers = []
@@ -249,6 +267,8 @@ class GVisorRuntime(Runtime):
             time.sleep(0.02)
         for root in paths.mount_roots():
             mounts.unmount_all(root)
+        if not mounts.mounts_under(paths.disk):
+            paths.disk_image.unlink(missing_ok=True)
         if not any(mounts.mounts_under(root) for root in paths.mount_roots()):
             # Only once nothing is mounted: never recurse into a live mount of the template.
             for d in paths.owned_dirs():
@@ -318,7 +338,8 @@ class GVisorRuntime(Runtime):
             current = data.get("pids", {})
             if isinstance(current, dict) and isinstance(current.get("current"), int):
                 pids = current["current"]
-        disk = await asyncio.to_thread(_disk_used, self._paths(plan).upper)
+        st = os.statvfs(self._paths(plan).disk)
+        disk = (st.f_blocks - st.f_bfree) * st.f_frsize
         return SandboxStats(
             sandbox_id=plan.sandbox_id,
             cpu_time_us=use.cpu_time_us,
@@ -326,20 +347,10 @@ class GVisorRuntime(Runtime):
             memory_peak_bytes=max(use.memory_peak_bytes, use.memory_bytes),
             memory_limit_bytes=plan.memory_mb * 1024 * 1024,
             disk_used_bytes=disk,
-            disk_limit_bytes=plan.disk_mb * 1024 * 1024,
+            disk_limit_bytes=st.f_blocks * st.f_frsize,
             pids=pids,
             pids_limit=PIDS_LIMIT,
         )
-
-
-def _disk_used(upper: Path) -> int:
-    """Allocated bytes in the writable layer (the runner's quota is the real limit)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(upper):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
 
 
 def _publish(lib: Path, directory: Path) -> Path:

@@ -85,7 +85,7 @@ def runtime() -> GVisorRuntime:
 
 
 def make_plan(**overrides: object) -> SandboxPlan:
-    """A plan with its state dir prepared as the runner would (upper/work owned by uid_base)."""
+    """A plan with its state dir prepared as the runner would (the runtime adds its disk)."""
     rootfs = find_rootfs()
     assert rootfs is not None
     sandbox_id = new_id("sbx")
@@ -95,9 +95,6 @@ def make_plan(**overrides: object) -> SandboxPlan:
     STATE_BASE.chmod(0o700)  # like the runner's data dir: runsc must not need to walk it
     state_dir = STATE_BASE / sandbox_id
     state_dir.mkdir(mode=0o700)
-    for sub in ("upper", "work"):
-        (state_dir / sub).mkdir()
-        os.chown(state_dir / sub, uid_base, uid_base)
     fields: dict[str, object] = {
         "sandbox_id": sandbox_id,
         "isolation": IsolationClass.gvisor,

@@ -51,8 +51,10 @@ async def test_destroy_leaves_nothing(runtime: GVisorRuntime, fresh_plan: Sandbo
     assert not await runtime.is_alive(fresh_plan)
     await runtime.destroy(fresh_plan)  # idempotent
     _assert_nothing_left(fresh_plan)
-    # The runner's own dirs stay for the runner to remove.
-    assert (fresh_plan.state_dir / "upper").is_dir()
+    # The disk (and its loop device) is gone with the sandbox; the state dir is the runner's.
+    assert not (fresh_plan.state_dir / "disk").exists()
+    assert not (fresh_plan.state_dir / "disk.img").exists()
+    assert fresh_plan.state_dir.is_dir()
 
 
 async def test_destroy_after_crash(runtime: GVisorRuntime, fresh_plan: SandboxPlan) -> None:

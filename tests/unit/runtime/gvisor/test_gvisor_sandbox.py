@@ -52,7 +52,7 @@ async def test_file_written_inside_lands_in_host_rootfs(
     # Sandbox uid 1000 is host uid uid_base + 1000, as in the namespace class.
     assert host.stat().st_uid == sandbox.uid_base + 1000
     # ...and it really is in the writable layer, not in an in-memory overlay of runsc.
-    assert (sandbox.state_dir / "upper/home/user/inside.txt").exists()
+    assert (sandbox.state_dir / "disk/upper/home/user/inside.txt").exists()
     # /tmp too: runsc would otherwise give it a private tmpfs the host cannot see.
     await run(runtime, sandbox, "echo tmp-data > /tmp/in-tmp.txt")
     assert (runtime.root_path(sandbox) / "tmp/in-tmp.txt").read_text() == "tmp-data\n"
@@ -83,7 +83,7 @@ async def test_coreutils_stat_works(runtime: GVisorRuntime, sandbox: SandboxPlan
     assert out.stdout.split()[2] == "user"
     assert out.stdout.splitlines()[1] == "1000 user"
     # The library lives in the in-memory /dev: nothing of it in the disk layer.
-    upper = sandbox.state_dir / "upper"
+    upper = sandbox.state_dir / "disk" / "upper"
     assert not [p for p in upper.rglob("*statx*")]
 
 

@@ -26,7 +26,10 @@ MKFS = [
     "-O",
     "^has_journal",
     "-E",
-    "lazy_itable_init=0,nodiscard",
+    # Inode tables are left unwritten: the image is sparse, so they read as zeros, and the
+    # file systems are mounted with noinit_itable so no kernel thread zeroes them later. This
+    # keeps a 4 GiB image at ~2 MiB of metadata to copy per sandbox instead of ~67 MiB.
+    "lazy_itable_init=1,nodiscard",
 ]
 
 
@@ -38,7 +41,7 @@ class DiskImages:
 
     def golden(self, size_mb: int) -> Path:
         """The pre-formatted image for `size_mb`, formatted on first use."""
-        path = self.cache_dir / f"ext4-{size_mb}m.img"
+        path = self.cache_dir / f"ext4-v2-{size_mb}m.img"
         if path.exists():
             return path
         self.cache_dir.mkdir(parents=True, exist_ok=True)

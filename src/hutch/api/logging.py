@@ -37,3 +37,6 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
+    # httpx logs every request URL at info; sandbox file paths travel in query strings
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))

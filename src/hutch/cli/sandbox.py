@@ -144,7 +144,12 @@ def info(
 
 
 def command_string(cmd: list[str]) -> str:
-    """One argument is a shell command line as typed; several are quoted into one."""
+    """One argument is a shell command line as typed; several are quoted into one. A leading
+    `--` (the usual end-of-options marker) is not part of the command."""
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise typer.BadParameter("no command given")
     return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
 
 

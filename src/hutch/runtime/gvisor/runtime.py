@@ -198,7 +198,13 @@ class GVisorRuntime(Runtime):
         paths.disk.mkdir(mode=0o700, exist_ok=True)
         # mount(8) sets up the loop device with autoclear: it detaches when unmounted
         subprocess.run(
-            ["mount", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(paths.disk_image), str(paths.disk)],
+            [
+                "mount",
+                "-o",
+                "loop,nosuid,nodev,noatime,noinit_itable",
+                str(paths.disk_image),
+                str(paths.disk),
+            ],
             check=True,
             capture_output=True,
         )

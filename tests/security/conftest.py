@@ -202,15 +202,25 @@ def marker(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
     path.unlink(missing_ok=True)
 
 
+def cgroup_dir(controller: str, sid: str) -> Path:
+    """A sandbox's cgroup directory for `controller` on this cgroup v1 host (under the runner's
+    `hutch` parent, possibly one level deeper)."""
+    base = Path("/sys/fs/cgroup") / controller
+    for pattern in (f"hutch/{sid}", f"hutch*/{sid}", f"hutch*/*/{sid}"):
+        found = sorted(base.glob(pattern))
+        if found:
+            return found[0]
+    raise AssertionError(f"no {controller} cgroup for sandbox {sid}")
+
+
+def cgroup_file(controller: str, sid: str, name: str) -> Path:
+    """A file of a sandbox's cgroup, e.g. cgroup_file("memory", sid, "memory.limit_in_bytes")."""
+    return cgroup_dir(controller, sid) / name
+
+
 def host_pids_of_cgroup(sid: str) -> list[int]:
-    """Host pids in a sandbox's pids cgroup (v1 or v2)."""
-    for p in (
-        Path(f"/sys/fs/cgroup/pids/hutch/{sid}/cgroup.procs"),
-        Path(f"/sys/fs/cgroup/hutch/{sid}/cgroup.procs"),
-    ):
-        if p.exists():
-            return [int(x) for x in p.read_text().split()]
-    raise AssertionError(f"no pids cgroup for {sid}")
+    """Host pids in a sandbox's pids cgroup."""
+    return [int(x) for x in cgroup_file("pids", sid, "cgroup.procs").read_text().split()]
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:

@@ -141,3 +141,17 @@ async def test_sandbox_root_is_not_host_root(
     assert os.stat(root / "root/made-by-root").st_uid == base
     assert os.stat(root / "home/user/made-by-user").st_uid == base + 1000
     await client.signal(sid, proc.pid, SignalRequest(signal=9))
+
+
+async def test_pid1_command_line_does_not_disclose_the_host_layout(
+    client: RunnerClient, new_sandbox: NewSandbox, runner: Runner
+) -> None:
+    """Protection: nothing the sandbox can read names host paths of the runner. PID 1 is a
+    clone of the host-side launcher, so unless it rewrites its argv, `ps` inside shows the
+    launcher's command line: the runner's data directory, the template directory, the cgroup
+    paths and the sandbox's host uid base."""
+    sid = await new_sandbox()
+    r = await sh(client, sid, "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args= -p 1")
+    assert str(runner.data_dir) not in r.stdout, r.stdout
+    assert str(SHARED_TEST_TEMPLATE_DIR) not in r.stdout, r.stdout
+    assert "/sys/fs/cgroup" not in r.stdout, r.stdout

@@ -15,7 +15,7 @@ import pytest
 
 from hutch.models import ExecUser
 from hutch.runner.client import RunnerClient
-from tests.security.conftest import NewSandbox, sh
+from tests.security.conftest import NewSandbox, cgroup_file, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
@@ -221,17 +221,17 @@ async def test_cgroup_limits_cannot_be_raised(
     and the host's values stay as the runner set them. Without these, writing
     memory.limit_in_bytes from inside would lift the limit."""
     sid = await new_sandbox(memory_mb=256, vcpu=1)
-    cg = Path("/sys/fs/cgroup")
     host_files = {
-        cg / f"memory/hutch/{sid}/memory.limit_in_bytes": str(256 * 1024 * 1024),
-        cg / f"cpu/hutch/{sid}/cpu.cfs_quota_us": "100000",
-        cg / f"pids/hutch/{sid}/pids.max": "4096",
+        cgroup_file("memory", sid, "memory.limit_in_bytes"): str(256 * 1024 * 1024),
+        cgroup_file("cpu", sid, "cpu.cfs_quota_us"): "100000",
+        cgroup_file("pids", sid, "pids.max"): "4096",
     }
     assert {p: p.read_text().strip() for p in host_files} == host_files
     r = await sh(
         client,
         sid,
-        "ls -A /sys/fs/cgroup | wc -l; echo paths=$(cut -d: -f3 /proc/self/cgroup | sort -u | tr '\\n' ,);"
+        "ls -A /sys/fs/cgroup | wc -l;"
+        " echo paths=$(cut -d: -f3 /proc/self/cgroup | sort -u | tr '\\n' ,);"
         " for f in memory/memory.limit_in_bytes memory/hutch/$HOSTNAME/memory.limit_in_bytes"
         " cpu/cpu.cfs_quota_us pids/pids.max memory.max; do"
         "  echo 999999999999 > /sys/fs/cgroup/$f; echo rc=$?; done;"

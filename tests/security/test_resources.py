@@ -17,7 +17,7 @@ import pytest
 
 from hutch.models import ExecRequest, ExecUser, SignalRequest
 from hutch.runner.client import RunnerClient
-from tests.security.conftest import NewSandbox, Runner, sh
+from tests.security.conftest import NewSandbox, Runner, cgroup_file, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
@@ -41,11 +41,6 @@ async def assert_neighbour_and_host_ok(
     took = time.monotonic() - t
     assert took < RESPONSIVE_S, f"the host took {took:.2f}s to run `true` and answer health"
     assert runner.proc.poll() is None
-
-
-def cgroup_file(controller: str, sid: str, name: str) -> Path:
-    """A cgroup v1 file of a sandbox on the host."""
-    return Path(f"/sys/fs/cgroup/{controller}/hutch/{sid}/{name}")
 
 
 # The first shell stays (as `sleep`) so the bomb has a process to signal.
@@ -202,3 +197,32 @@ async def test_cpu_hog_is_held_to_its_vcpu(
     used_s = (after - before) / 1e6
     assert used_s >= 1.0, f"the hog used only {used_s:.2f} CPU-s: it did not run"
     assert used_s <= 1.3 * wall, f"{used_s:.2f} CPU-s in {wall:.2f}s wall: more than 1 vCPU"
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a host process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_output_flood_is_not_paid_for_by_the_host(
+    client: RunnerClient, new_sandbox: NewSandbox, runner: Runner
+) -> None:
+    """Protection: a sandbox's output costs the host little when nobody reads it. `yes` in a
+    background command of a vcpu=1 sandbox writes as fast as its one CPU allows; the runner (a
+    host process outside every sandbox cgroup) must not spend a comparable CPU share pumping
+    that output into buffers nobody reads, or a 1-vCPU sandbox effectively uses two host CPUs
+    (its own, plus the runner's) and the limit in the CPU test means little."""
+    sid = await new_sandbox(vcpu=1)
+    neighbour = await new_sandbox()
+    before = process_cpu_s(runner.proc.pid)
+    t0 = time.monotonic()
+    flood = await client.start(sid, ExecRequest(cmd=["yes", "x" * 1000], timeout_s=30))
+    await anyio.sleep(2.5)
+    await assert_neighbour_and_host_ok(client, neighbour, runner)
+    used = process_cpu_s(runner.proc.pid) - before
+    wall = time.monotonic() - t0
+    await client.signal(sid, flood.pid, SignalRequest(signal=9))
+    assert used <= 0.25 * wall, (
+        f"the runner used {used:.2f} CPU-s in {wall:.2f}s pumping one sandbox's unread output"
+    )

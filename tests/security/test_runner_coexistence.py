@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anyio
 import pytest
 
@@ -11,6 +9,7 @@ from hutch.runner.client import RunnerClient
 from tests.security.conftest import (
     UID_BASE,
     NewSandbox,
+    cgroup_dir,
     host_pids_of_cgroup,
     sh,
     start_runner,
@@ -32,9 +31,9 @@ async def test_second_runner_leaves_other_sandboxes_alone(
     sid = await new_sandbox()
     assert (await sh(client, sid, "echo before")).stdout == "before\n"
     pids = host_pids_of_cgroup(sid)
+    cgroup = cgroup_dir("pids", sid)
     other = await anyio.to_thread.run_sync(start_runner, UID_BASE + 65536 * 1024)
     try:
-        cgroup = Path(f"/sys/fs/cgroup/pids/hutch/{sid}")
         assert cgroup.exists(), "the other runner removed this sandbox's cgroup, killing it"
         assert host_pids_of_cgroup(sid) == pids, "the other runner killed this sandbox's processes"
         assert (await sh(client, sid, "echo after")).stdout == "after\n"

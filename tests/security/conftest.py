@@ -32,8 +32,6 @@ READY_TIMEOUT_S = 120.0
 # share host uids with ours; a multiple of the per-sandbox range keeps the arithmetic obvious.
 UID_BASE = 1_000_000 + 65536 * (64 + secrets.randbelow(512))
 
-pytestmark = pytest.mark.root
-
 
 @dataclass
 class Runner:
@@ -221,12 +219,3 @@ def cgroup_file(controller: str, sid: str, name: str) -> Path:
 def host_pids_of_cgroup(sid: str) -> list[int]:
     """Host pids in a sandbox's pids cgroup."""
     return [int(x) for x in cgroup_file("pids", sid, "cgroup.procs").read_text().split()]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `pred` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from pydantic import Field
@@ -23,6 +24,12 @@ class RunnerSettings(BaseSettings):
     max_memory_mb: int = Field(default=65536, ge=128)
     max_disk_mb: int = Field(default=262144, ge=64)
     heartbeat_s: float = Field(default=10.0, gt=0, le=15.0)
+
+    def cgroup_parent(self) -> str:
+        """This runner's own parent cgroup (`hutch-` + a hash of its data dir), so that two
+        runners on one host never see, limit or clean each other's sandboxes."""
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"hutch-{digest}"
 
     def templates_path(self) -> Path:
         """Where read-only template layers are built and cached."""

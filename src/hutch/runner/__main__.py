@@ -26,14 +26,19 @@ PR_SET_CHILD_SUBREAPER = 36
 def build_runtimes(settings: RunnerSettings) -> dict[IsolationClass, Runtime]:
     """Every isolation class this runner offers (unavailable ones report why)."""
     runtimes: dict[IsolationClass, Runtime] = {
-        IsolationClass.namespace: NamespaceRuntime(settings.data_dir / "runtime"),
+        IsolationClass.namespace: NamespaceRuntime(
+            settings.data_dir / "runtime", cgroup_parent=settings.cgroup_parent()
+        ),
     }
     try:
-        from hutch.runtime.gvisor import GVisorRuntime
+        from hutch.runtime.gvisor import GVisorRuntime, RunscOptions
     except ImportError:
         pass
     else:
-        runtimes[IsolationClass.gvisor] = GVisorRuntime(settings.data_dir / "gvisor")
+        runtimes[IsolationClass.gvisor] = GVisorRuntime(
+            settings.data_dir / "gvisor",
+            options=RunscOptions(cgroup_parent=settings.cgroup_parent()),
+        )
     return runtimes
 
 

@@ -175,7 +175,17 @@ class SandboxFiles:
                     raise os_error(e, cur) from None
                 try:
                     os.mkdir(part, 0o755, dir_fd=pfd)
-                    os.chown(part, owner, owner, dir_fd=pfd, follow_symlinks=False)
+                    # chown through an fd of what we made, not by name: the sandbox could swap
+                    # the name for a link to a root-owned file in between
+                    dfd = os.open(
+                        part,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=pfd,
+                    )
+                    try:
+                        os.fchown(dfd, owner, owner)
+                    finally:
+                        os.close(dfd)
                 except FileExistsError:
                     pass
                 except OSError as e:

@@ -20,6 +20,11 @@ REPLAY_BYTES = 1024 * 1024  # per process, for clients that reconnect
 ONESHOT_MAX_BYTES = 32 * 1024 * 1024  # per stream, for one-shot JSON results
 READ_CHUNK = 64 * 1024
 EXIT_DRAIN_S = 0.1  # after exit, how long to wait for output still held by grandchildren
+# Output nobody reads (a full replay buffer and no subscriber, or a subscriber far behind) is
+# read at most one chunk per THROTTLE_S: a command flooding stdout then mostly waits on its
+# pipe instead of making the runner spend a host CPU outside every cgroup.
+THROTTLE_S = 0.05
+SUBSCRIBER_BACKLOG = 256
 
 Frame = tuple[Stream, bytes] | ExitStatus
 
@@ -48,6 +53,7 @@ class Process:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     open_streams: int = 0
     reader_fds: list[int] = field(default_factory=list)
+    reader_streams: dict[int, tuple[Stream, bool]] = field(default_factory=dict)
     streams_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def info(self) -> ProcessInfo:
@@ -144,6 +150,7 @@ class ProcessTable:
         for fd, stream in zip(ours, streams, strict=True):
             if fd != spawned.pty_master:
                 os.set_blocking(fd, False)
+            proc.reader_streams[fd] = (stream, fd == spawned.pty_master)
             loop.add_reader(fd, self._pump, proc, fd, stream, fd == spawned.pty_master)
         if req.stdin is not None and stdin_w is not None:
             self._spawn_task(self._feed(proc, req.stdin.encode()))
@@ -167,6 +174,10 @@ class ProcessTable:
             data = b""
         if data:
             proc.publish((stream, data))
+            if self._flooded(proc):
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(fd)
+                loop.call_later(THROTTLE_S, self._resume, proc, fd)
             return
         asyncio.get_running_loop().remove_reader(fd)
         proc.reader_fds.remove(fd)
@@ -175,6 +186,18 @@ class ProcessTable:
         proc.open_streams -= 1
         if proc.open_streams <= 0:
             proc.streams_closed.set()
+
+    @staticmethod
+    def _flooded(proc: Process) -> bool:
+        if not proc.subscribers:
+            # publish() trims the buffer to at most REPLAY_BYTES, so "full" means within a chunk
+            return proc.replay_size >= REPLAY_BYTES - READ_CHUNK
+        return any(q.qsize() > SUBSCRIBER_BACKLOG for q in proc.subscribers)
+
+    def _resume(self, proc: Process, fd: int) -> None:
+        if fd in proc.reader_fds and fd in proc.reader_streams:
+            stream, is_pty = proc.reader_streams[fd]
+            asyncio.get_running_loop().add_reader(fd, self._pump, proc, fd, stream, is_pty)
 
     async def _feed(self, proc: Process, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -288,11 +311,18 @@ class ProcessTable:
         proc = await self.start(req, keep_stdin=False)
         q = proc.subscribe(replay=True)
         collected: list[tuple[Stream, bytes]] = []
+        size = 0
         while True:
             item = await q.get()
             if isinstance(item, ExitStatus):
                 break
             collected.append(item)
+            size += len(item[1])
+            if size >= 2 * ONESHOT_MAX_BYTES:
+                # Enough kept; from here on the output is throttled, not collected.
+                proc.subscribers.discard(q)
+                await proc.done.wait()
+                break
         self.forget(proc.pid)
         return self.result(proc, collected)
 

@@ -22,7 +22,7 @@ def leftovers(sandbox_id: str, state_dir: Path) -> list[str]:
             if sandbox_id.encode() in cmd:
                 found.append(f"process {pid}: {cmd[:80]!r}")
     for root in Path("/sys/fs/cgroup").iterdir():
-        for d in (root / "hutch" / sandbox_id, root / sandbox_id):
+        for d in [*root.glob(f"hutch*/{sandbox_id}"), root / sandbox_id]:
             if d.exists():
                 found.append(f"cgroup {d}")
     # mounts in any mount namespace still alive

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CPU_PERIOD_US = 100_000
-PARENT = "hutch"
+DEFAULT_PARENT = "hutch"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class Cgroups:
 
     V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: str = DEFAULT_PARENT) -> None:
+        # Each runner owns one parent cgroup: its reconcile must never touch another runner's.
+        self.parent = parent
         mounts = _mounts()
         self.v1: dict[str, Path] = {}
         for point, fstype, sopts in mounts:
@@ -81,14 +83,14 @@ class Cgroups:
 
     def _dirs(self, sandbox_id: str) -> list[Path]:
         if self.v2 is not None:
-            return [self.v2 / PARENT / sandbox_id]
-        return [root / PARENT / sandbox_id for root in dict.fromkeys(self.v1.values())]
+            return [self.v2 / self.parent / sandbox_id]
+        return [root / self.parent / sandbox_id for root in dict.fromkeys(self.v1.values())]
 
     def _prepare(self) -> None:
         if self._prepared:
             return
         if self.v2 is not None:
-            parent = self.v2 / PARENT
+            parent = self.v2 / self.parent
             parent.mkdir(exist_ok=True)
             for d in (self.v2, parent):
                 # Let children use the controllers; the root may refuse if it has processes
@@ -97,8 +99,8 @@ class Cgroups:
                     (d / "cgroup.subtree_control").write_text("+cpu +memory +pids")
         else:
             for root in dict.fromkeys(self.v1.values()):
-                (root / PARENT).mkdir(exist_ok=True)
-            mem = self.v1["memory"] / PARENT / "memory.use_hierarchy"
+                (root / self.parent).mkdir(exist_ok=True)
+            mem = self.v1["memory"] / self.parent / "memory.use_hierarchy"
             with contextlib.suppress(OSError):
                 mem.write_text("1")
         self._prepared = True
@@ -119,29 +121,29 @@ class Cgroups:
     def _set_limits(self, sandbox_id: str, lim: Limits) -> None:
         quota = lim.vcpu * CPU_PERIOD_US
         if self.v2 is not None:
-            d = self.v2 / PARENT / sandbox_id
+            d = self.v2 / self.parent / sandbox_id
             (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
             (d / "memory.max").write_text(str(lim.memory_bytes))
             with contextlib.suppress(FileNotFoundError):
                 (d / "memory.swap.max").write_text("0")
             (d / "pids.max").write_text(str(lim.pids))
             return
-        cpu = self.v1["cpu"] / PARENT / sandbox_id
+        cpu = self.v1["cpu"] / self.parent / sandbox_id
         (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
         (cpu / "cpu.cfs_quota_us").write_text(str(quota))
-        mem = self.v1["memory"] / PARENT / sandbox_id
+        mem = self.v1["memory"] / self.parent / sandbox_id
         (mem / "memory.limit_in_bytes").write_text(str(lim.memory_bytes))
         # memory+swap equal to memory: no swap at all
         with contextlib.suppress(FileNotFoundError):
             (mem / "memory.memsw.limit_in_bytes").write_text(str(lim.memory_bytes))
         with contextlib.suppress(OSError):
             (mem / "memory.swappiness").write_text("0")
-        (self.v1["pids"] / PARENT / sandbox_id / "pids.max").write_text(str(lim.pids))
+        (self.v1["pids"] / self.parent / sandbox_id / "pids.max").write_text(str(lim.pids))
 
     def usage(self, sandbox_id: str) -> Usage:
         """Current use; raises FileNotFoundError once the cgroup is gone."""
         if self.v2 is not None:
-            d = self.v2 / PARENT / sandbox_id
+            d = self.v2 / self.parent / sandbox_id
             stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines() if line)
             peak = d / "memory.peak"
             cur = int((d / "memory.current").read_text())
@@ -151,13 +153,13 @@ class Cgroups:
                 memory_peak_bytes=int(peak.read_text()) if peak.exists() else cur,
                 pids=int((d / "pids.current").read_text()),
             )
-        mem = self.v1["memory"] / PARENT / sandbox_id
-        acct = self.v1.get("cpuacct", self.v1["cpu"]) / PARENT / sandbox_id
+        mem = self.v1["memory"] / self.parent / sandbox_id
+        acct = self.v1.get("cpuacct", self.v1["cpu"]) / self.parent / sandbox_id
         return Usage(
             cpu_time_us=int((acct / "cpuacct.usage").read_text()) // 1000,
             memory_bytes=int((mem / "memory.usage_in_bytes").read_text()),
             memory_peak_bytes=int((mem / "memory.max_usage_in_bytes").read_text()),
-            pids=int((self.v1["pids"] / PARENT / sandbox_id / "pids.current").read_text()),
+            pids=int((self.v1["pids"] / self.parent / sandbox_id / "pids.current").read_text()),
         )
 
     def procs(self, sandbox_id: str) -> list[int]:
@@ -194,7 +196,7 @@ class Cgroups:
         ids: set[str] = set()
         roots = [self.v2] if self.v2 is not None else list(dict.fromkeys(self.v1.values()))
         for root in roots:
-            parent = root / PARENT
+            parent = root / self.parent
             if parent.is_dir():
                 ids.update(p.name for p in parent.iterdir() if p.is_dir())
         return ids

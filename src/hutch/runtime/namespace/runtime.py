@@ -52,6 +52,7 @@ def proc_start_time(pid: int) -> int | None:
 @dataclass
 class _Live:
     init_pid: int
+    start: int | None  # start time: a reused pid is never taken for this sandbox's PID 1
     conn: InitConnection
 
 
@@ -68,9 +69,12 @@ class NamespaceRuntime(Runtime):
 
     isolation = IsolationClass.namespace
 
-    def __init__(self, work_dir: Path, *, seccomp: bool = True) -> None:
+    def __init__(
+        self, work_dir: Path, *, seccomp: bool = True, cgroup_parent: str = "hutch"
+    ) -> None:
         self.work_dir = work_dir
         self.seccomp = seccomp
+        self.cgroup_parent = cgroup_parent
         self._cgroups: Cgroups | None = None
         self._binary: Path | None = None
         self._disks = DiskImages(work_dir / "disks")
@@ -83,7 +87,7 @@ class NamespaceRuntime(Runtime):
     def cgroups(self) -> Cgroups:
         """The host's cgroup hierarchy (found on first use)."""
         if self._cgroups is None:
-            self._cgroups = Cgroups()
+            self._cgroups = Cgroups(self.cgroup_parent)
         return self._cgroups
 
     def health(self) -> RuntimeHealth:
@@ -159,7 +163,7 @@ class NamespaceRuntime(Runtime):
             )
             conn = InitConnection(str(plan.state_dir / "ctl.sock"))
             await conn.connect()
-            self._live[plan.sandbox_id] = _Live(init_pid, conn)
+            self._live[plan.sandbox_id] = _Live(init_pid, proc_start_time(init_pid), conn)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.destroy(plan)
@@ -169,7 +173,7 @@ class NamespaceRuntime(Runtime):
         """PID 1's host pid, if that process still is this sandbox's init."""
         live = self._live.get(plan.sandbox_id)
         if live is not None:
-            return live.init_pid
+            return live.init_pid if proc_start_time(live.init_pid) == live.start else None
         try:
             rec = json.loads((plan.state_dir / "init.json").read_text())
         except (OSError, ValueError):
@@ -190,17 +194,17 @@ class NamespaceRuntime(Runtime):
                 await conn.connect()
             except OSError:
                 return False
-            self._live[plan.sandbox_id] = _Live(pid, conn)
+            self._live[plan.sandbox_id] = _Live(pid, proc_start_time(pid), conn)
         return not self._live[plan.sandbox_id].conn.closed.is_set()
 
     async def destroy(self, plan: SandboxPlan) -> None:
         """SIGKILL PID 1 (the kernel then kills every process of the pid namespace and drops
         the mount namespace, which unmounts the rootfs and detaches the loop device), then
         remove cgroups and files."""
+        pid = self._init_pid(plan)  # checked against its start time: never a reused pid
         live = self._live.pop(plan.sandbox_id, None)
         if live is not None:
             live.conn.close()
-        pid = live.init_pid if live else self._init_pid(plan)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -394,6 +394,8 @@ struct child_args {
     struct opts *o;
     int sync; /* socketpair end shared with the launcher */
     int listen_fd;
+    char *argv_start; /* the launcher's argv area, blanked in PID 1 (it names host paths) */
+    size_t argv_len;
 };
 
 __attribute__((noreturn)) static int serve(int listen_fd);
@@ -438,6 +440,12 @@ static int child_main(void *arg) {
 
     prctl(PR_SET_PDEATHSIG, 0);
     prctl(PR_SET_NAME, "hutch-init");
+    /* ps inside the sandbox must not show the host's data dir, template dir or uid base */
+    static char id[256];
+    snprintf(id, sizeof id, "%s", o->id);
+    o->id = id;
+    memset(a->argv_start, 0, a->argv_len);
+    snprintf(a->argv_start, a->argv_len, "hutch-init");
     drop_bounding_set();
     limit_caps();
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs");
@@ -785,7 +793,8 @@ int main(int argc, char **argv) {
 
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) die("socketpair");
-    struct child_args ca = {&o, sp[1], lfd};
+    struct child_args ca = {&o, sp[1], lfd, argv[0], 0};
+    ca.argv_len = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) - argv[0]);
     size_t stack_size = 256 * 1024;
     char *stack = malloc(stack_size);
     if (!stack) die("malloc");

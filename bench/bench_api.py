@@ -1,0 +1,146 @@
+"""API benchmark: the SDK end to end through `hutch serve`, against the runner directly.
+
+Measures SDK create → first exec (`true`) and the same on the runner socket in the same run,
+exec `true` through the SDK, creates/s with 16 concurrent SDK clients, and GET sandbox
+requests/s. Run as root: `.venv/bin/python -m bench.bench_api`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench._common import print_table, save, summary
+from hutch import Sandbox
+from hutch.models import ExecRequest, RunnerCreate
+from hutch.runner.client import RunnerClient
+from hutch.runtime.templates import SHARED_TEST_TEMPLATE_DIR, TemplateStore
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(data: Path, port: int) -> subprocess.Popen[bytes]:
+    """`hutch serve` on a temporary data dir; returns once it answers."""
+    env = {
+        **os.environ,
+        "HUTCH_RUNNER_TEMPLATE_DIR": str(SHARED_TEST_TEMPLATE_DIR),
+        "HUTCH_CREATE_RATE_PER_MINUTE": "100000",
+        "HUTCH_MAX_CONCURRENT_SANDBOXES": "10000",
+        "HUTCH_LOG_LEVEL": "warning",
+    }
+    log = open(data.parent / f"{data.name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hutch.cli.main",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if (
+                httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                and (data / "admin-key").exists()
+            ):
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("hutch serve did not start")
+
+
+def main(n: int) -> None:
+    """Run every measurement and print/save the results."""
+    TemplateStore(SHARED_TEST_TEMPLATE_DIR).ensure("base")
+    data = Path(tempfile.mkdtemp(prefix="hutch-bench-api-"))
+    port = free_port()
+    proc = start_serve(data, port)
+    url, key = f"http://127.0.0.1:{port}", (data / "admin-key").read_text().strip()
+    rows: list[dict[str, object]] = []
+    extra: dict[str, object] = {}
+    try:
+        kw = {"api_url": url, "api_key": key}
+        Sandbox.create(**kw).kill()  # warm-up
+
+        async def direct() -> list[float]:
+            out = []
+            async with RunnerClient(data / "runner.sock") as c:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    sb = await c.create(RunnerCreate())
+                    await c.run(sb.sandbox_id, ExecRequest(cmd=["true"]))
+                    out.append(time.perf_counter() - t)
+                    await c.kill(sb.sandbox_id)
+            return out
+
+        base = summary("runner socket: create → first exec(true)", asyncio.run(direct()))
+        rows.append(base)
+        first, ex = [], []
+        sandboxes = []
+        for _ in range(n):
+            t = time.perf_counter()
+            sb = Sandbox.create(**kw)
+            sb.commands.run("true")
+            first.append(time.perf_counter() - t)
+            sandboxes.append(sb)
+        rows.append(summary("SDK: create → first exec(true)", first, float(base["p50_ms"])))  # type: ignore[arg-type]
+        sb0 = sandboxes[0]
+        for _ in range(n * 4):
+            t = time.perf_counter()
+            sb0.commands.run(["true"])
+            ex.append(time.perf_counter() - t)
+        rows.append(summary("SDK: exec(true)", ex))
+        gets = []
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as h:
+            for _ in range(n * 10):
+                t = time.perf_counter()
+                h.get(f"/v1/sandboxes/{sb0.sandbox_id}").raise_for_status()
+                gets.append(time.perf_counter() - t)
+        rows.append(summary("GET /v1/sandboxes/{id}", gets))
+        for sb in sandboxes:
+            sb.kill()
+        total = max(64, n * 2)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            made = list(pool.map(lambda _: Sandbox.create(**kw), range(total)))
+        extra["sdk_creates_per_s_16_clients"] = round(total / (time.perf_counter() - t), 1)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda s: s.kill(), made))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        subprocess.run(["rm", "-rf", str(data)], check=False)
+    print_table("Hutch API + SDK vs the runner socket", rows)
+    for k, v in extra.items():
+        print(f"{k}: {v}")
+    print(f"results: {save('api', {'rows': rows, **extra})}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=30)
+    main(ap.parse_args().n)

@@ -54,7 +54,6 @@ from hutch.runner.files import SandboxFiles
 from hutch.runner.manager import SandboxManager
 from hutch.runner.processes import Process, ProcessTable
 from hutch.runtime.base import ExitStatus
-from hutch.runtime.namespace.runtime import set_winsize
 
 PROBLEM = "application/problem+json"
 _frames: TypeAdapter[Any] = TypeAdapter(ClientFrame)
@@ -343,7 +342,8 @@ async def _client_frames(ws: WebSocket, t: ProcessTable, proc: Process) -> None:
             except ValidationError:
                 continue
             if isinstance(frame, ResizeFrame) and proc.pty_master is not None:
-                set_winsize(proc.pty_master, PtySize(cols=frame.cols, rows=frame.rows))
+                with contextlib.suppress(HutchError, OSError):
+                    await t.resize(proc, PtySize(cols=frame.cols, rows=frame.rows))
             elif isinstance(frame, CloseStdinFrame):
                 t.close_stdin(proc)
             elif isinstance(frame, SignalFrame) and proc.status is None:

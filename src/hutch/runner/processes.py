@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal as _signal
+import struct
+import termios
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hutch.models import ErrorCode, ExecRequest, ExecResult, HutchError, ProcessInfo, Stream
+from hutch.models import (
+    ErrorCode,
+    ExecRequest,
+    ExecResult,
+    HutchError,
+    ProcessInfo,
+    PtySize,
+    Stream,
+)
 from hutch.models.exec import exit_code_for
 from hutch.runtime.base import ExitStatus, ExitWaiter, ProcessStdio, Runtime, SandboxPlan
 
@@ -224,6 +235,15 @@ class ProcessTable:
                     await ready
                 finally:
                     loop.remove_writer(fd)
+
+    async def resize(self, proc: Process, size: PtySize) -> None:
+        """Resize a PTY process's terminal (the runtime adds what its kernel needs)."""
+        if proc.pty_master is None:
+            raise HutchError(ErrorCode.conflict, f"process {proc.pid} has no terminal")
+        fcntl.ioctl(
+            proc.pty_master, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0)
+        )
+        await self.runtime.resize(self.plan, proc.pid, size)
 
     def close_stdin(self, proc: Process) -> None:
         """Send EOF (for a PTY: ^D)."""

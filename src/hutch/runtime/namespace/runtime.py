@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import signal
-import struct
-import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +283,8 @@ class NamespaceRuntime(Runtime):
             ) from None
 
     async def resize(self, plan: SandboxPlan, pid: int, size: PtySize) -> None:
-        """Resizing happens on the PTY master the runner holds; see `set_winsize`."""
-        raise NotImplementedError("the runner resizes through the PTY master it holds")
+        """Nothing to do: the runner sets the size on the PTY master it holds and the kernel
+        sends SIGWINCH to the terminal's foreground process group."""
 
     def root_path(self, plan: SandboxPlan) -> Path:
         """The sandbox's `/`, reached through its PID 1."""
@@ -317,11 +315,6 @@ class NamespaceRuntime(Runtime):
             pids=u.pids,
             pids_limit=PIDS_LIMIT,
         )
-
-
-def set_winsize(master_fd: int, size: PtySize) -> None:
-    """Resize a terminal through its master side."""
-    fcntl.ioctl(master_fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
 
 
 async def _reap(pid: int, timeout: float = 5.0) -> None:

@@ -79,17 +79,11 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int:
 
 
 def _ensure_base_template(data_dir: Path) -> None:
-    # Call site for the template store (hutch.runtime.templates), built in parallel: until it is
-    # importable, the runner is left to report `template_not_ready` on create.
-    try:
-        from hutch.config import RunnerSettings
-        from hutch.runtime.templates import TemplateStore  # type: ignore[attr-defined,unused-ignore]
-        from hutch.runtime.templates.progress import (  # type: ignore[import-not-found,unused-ignore]
-            rich_progress,
-        )
-    except ImportError:
-        typer.echo("note: template store not installed; skipping the base template check", err=True)
-        return
+    """Build the base template on first start, with a progress bar (cached afterwards)."""
+    from hutch.config import RunnerSettings
+    from hutch.runtime.templates import TemplateStore
+    from hutch.runtime.templates.progress import rich_progress
+
     store = TemplateStore(RunnerSettings(data_dir=data_dir).templates_path())
     with rich_progress() as progress:
         store.ensure("base", progress=progress)
@@ -116,8 +110,6 @@ def _serve_api(settings: ApiSettings) -> bool:
     if key_file is not None:
         typer.echo(f"created the admin user; its API key is in {key_file} (mode 0600)")
     runner = connect_runner(settings.runner_socket_path())
-    if runner is None:
-        typer.echo("note: runner client not installed; sandbox routes answer 503", err=True)
     app = create_app(settings, runner=runner, clock=clock, database=db)
     typer.echo(f"Hutch API on http://{settings.host}:{settings.port} (docs at /docs)")
     config = uvicorn.Config(

@@ -135,11 +135,9 @@ class RunnerPort(Protocol):
         ...
 
 
-def connect_runner(socket_path: Path) -> RunnerPort | None:
-    """The runner client for a socket, or None while `hutch.runner.client` is not installed."""
-    try:
-        from hutch.runner.client import RunnerClient  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+def connect_runner(socket_path: Path) -> RunnerPort:
+    """The runner client for a socket."""
+    from hutch.runner.client import RunnerClient
+
     client: RunnerPort = RunnerClient(socket_path)
     return client

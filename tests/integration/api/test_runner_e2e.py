@@ -1,11 +1,10 @@
 """End to end through a real runner: `hutch serve` starts it, sandboxes run real commands.
 
-Skipped (with the reason) until `hutch.runner.client` is part of this tree; needs root.
+Needs root (the runner creates real namespaces).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,13 +14,9 @@ import pytest
 
 from tests.integration.api.conftest import Server, start_server
 
-_HAVE_RUNNER = importlib.util.find_spec("hutch.runner.client") is not None
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not _HAVE_RUNNER, reason="hutch.runner.client is not installed in this tree yet"
-    ),
     pytest.mark.skipif(os.geteuid() != 0, reason="the runner needs root"),
 ]
 

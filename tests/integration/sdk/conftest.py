@@ -11,7 +11,7 @@ from tests.integration.sdk import server as srv
 
 @pytest.fixture(scope="session")
 def hutch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[srv.Server]:
-    """The API under test; skips (saying why) while the server or runner is not in the tree."""
+    """The API under test (a real `hutch serve`); skips only without root, saying why."""
     ext = srv.external()
     if ext is not None:
         yield ext

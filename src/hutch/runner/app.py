@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -235,7 +235,9 @@ def create_app(manager: SandboxManager) -> FastAPI:
         reader = asyncio.create_task(_client_frames(ws, t, proc))
         try:
             while True:
-                item = await queue.get()
+                item = await _next_or_gone(queue, reader)
+                if item is None:  # the client went away; the process keeps running
+                    return
                 if isinstance(item, ExitStatus):
                     await _close_with(ws, _exit_frame(proc, item))
                     return
@@ -300,13 +302,14 @@ def create_app(manager: SandboxManager) -> FastAPI:
     async def events(ws: WebSocket) -> None:
         await ws.accept()
         q = manager.subscribe()
+        gone = asyncio.create_task(_until_disconnect(ws))
         try:
-            while True:
-                ev = await q.get()
+            while (ev := await _next_or_gone(q, gone)) is not None:
                 await ws.send_text(ev.model_dump_json())
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            gone.cancel()
             manager.unsubscribe(q)
 
     return app
@@ -316,6 +319,27 @@ def _exit_frame(proc: Process, st: ExitStatus) -> ExitFrame:
     return ExitFrame(
         exit_code=exit_code_for(st.code, st.signal), signal=st.signal, timed_out=proc.timed_out
     )
+
+
+T = TypeVar("T")
+
+
+async def _next_or_gone(queue: asyncio.Queue[T], client: asyncio.Task[None]) -> T | None:
+    """The next queued item, or None once the client side has ended (disconnect or server
+    shutdown), so a handler never outlives its connection waiting on a quiet queue."""
+    get = asyncio.ensure_future(queue.get())
+    done, _ = await asyncio.wait({get, client}, return_when=asyncio.FIRST_COMPLETED)
+    if get in done:
+        return get.result()
+    get.cancel()
+    return None
+
+
+async def _until_disconnect(ws: WebSocket) -> None:
+    """Return when the client disconnects (anything it sends is ignored)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
 
 
 async def _close_with(ws: WebSocket, frame: ExitFrame | ErrorFrame) -> None:

@@ -325,3 +325,59 @@ async def test_gvisor_class_runs_its_own_kernel_with_a_disk_quota(
     finally:
         await client.kill(sid)
     assert leftovers(sid, runner.data_dir / "sandboxes" / sid) == []
+
+
+async def test_runner_logs_hold_no_sandbox_content(
+    client: RunnerClient, runner: RunnerProc
+) -> None:
+    """No content in logs: a marker passed as argv, env, stdin, output and file content never
+    reaches the runner's log, while the sandbox id (metadata) does."""
+    marker = f"MARK{os.urandom(8).hex()}"
+    sb = await client.create(RunnerCreate(env={"CREATE_ENV": marker}))
+    sid = sb.sandbox_id
+    try:
+        r = await client.run(
+            sid,
+            ExecRequest(cmd=f"echo {marker}; cat; echo $E >&2", env={"E": marker}, stdin=marker),
+        )
+        assert marker in r.stdout and marker in r.stderr
+        await client.write_file(sid, f"/home/user/{marker}", marker.encode())
+        assert await client.read_bytes(sid, f"/home/user/{marker}") == marker.encode()
+        with pytest.raises(HutchError):
+            await client.run(sid, ExecRequest(cmd=[f"/no/{marker}"]))
+    finally:
+        await client.kill(sid)
+    log = runner.log.read_text()
+    assert sid in log
+    assert marker not in log
+
+
+async def test_events_report_state_and_final_usage(
+    client: RunnerClient, runner: RunnerProc
+) -> None:
+    """The metering seam: a running sandbox is announced, and kill emits a final usage
+    heartbeat covering its whole life before the stopped event."""
+    events: list[object] = []
+
+    async def collect() -> None:
+        async for ev in client.events():
+            events.append(ev)
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(0.2)  # the subscription is in place before the sandbox exists
+    sb = await client.create(RunnerCreate(vcpu=2, memory_mb=512))
+    await client.kill(sb.sandbox_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        mine = [e for e in events if getattr(e, "sandbox_id", None) == sb.sandbox_id]
+        if any(getattr(e, "state", None) == "stopped" for e in mine):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    kinds = [(e.type, getattr(e, "state", None) or getattr(e, "final", None)) for e in mine]  # type: ignore[attr-defined]
+    assert kinds[0] == ("state", "running")
+    assert ("usage", True) in kinds and kinds[-1] == ("state", "stopped")
+    usage = next(e for e in mine if e.type == "usage")  # type: ignore[attr-defined]
+    assert (usage.vcpu, usage.memory_mb) == (2, 512)  # type: ignore[attr-defined]
+    assert usage.window_start == sb.created_at  # type: ignore[attr-defined]
+    assert usage.window_end >= usage.window_start  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import anyio
+import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
@@ -16,7 +17,7 @@ from hutch.models.common import HutchError
 from hutch.services.clock import SystemClock
 from hutch.services.permissions import Principal
 from hutch.services.sandboxes import Limits, SandboxService
-from tests.unit.api.fake_runner import InMemoryRunner
+from tests.support.live_runner import LiveRunner
 
 
 def test_each_session_gets_its_own_database(database: Database) -> None:
@@ -30,7 +31,9 @@ def test_timestamps_are_timestamptz(database: Database) -> None:
     assert cols["created_at"]["type"].timezone is True
 
 
-def test_quota_holds_across_api_processes(database: Database) -> None:
+def test_quota_holds_across_api_processes(
+    database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Two API servers (own engines, own in-process locks) share one project's quota: the
     project row lock serialises their count-then-insert."""
     now = datetime.now(UTC)
@@ -60,8 +63,9 @@ def test_quota_holds_across_api_processes(database: Database) -> None:
         role=Role.owner,
         scopes=frozenset(Scope),
     )
+    runner = LiveRunner(tmp_path_factory.mktemp("runner") / "r")
     servers = [
-        SandboxService(Database(database.url), InMemoryRunner(), SystemClock(), Limits(3, 10_000))
+        SandboxService(Database(database.url), runner, SystemClock(), Limits(3, 10_000))  # type: ignore[arg-type]
         for _ in range(2)
     ]
     results: list[str] = []
@@ -78,7 +82,11 @@ def test_quota_holds_across_api_processes(database: Database) -> None:
             for i in range(10):
                 tg.start_soon(one, servers[i % 2])
 
-    anyio.run(main)
-    for svc in servers:
-        svc.db.dispose()
+    try:
+        anyio.run(main)
+        assert len(runner.sandbox_ids()) == 3
+    finally:
+        runner.stop()
+        for svc in servers:
+            svc.db.dispose()
     assert sorted(results) == ["ok"] * 3 + ["quota_exceeded"] * 7

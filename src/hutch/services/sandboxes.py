@@ -269,11 +269,12 @@ class SandboxService:
     # --- kill, timeout, stats ---
 
     async def kill_on_runner(self, sandbox_id: str) -> None:
-        """Ask the runner to kill a sandbox; one it does not have counts as killed."""
+        """Ask the runner to kill a sandbox; one it does not have, or has already ended (it keeps
+        a tombstone of recent ones), counts as killed."""
         try:
             await self.require_runner().kill(sandbox_id)
         except HutchError as e:
-            if e.code is not ErrorCode.sandbox_not_found:
+            if e.code not in (ErrorCode.sandbox_not_found, ErrorCode.sandbox_not_running):
                 raise
 
     async def kill(self, actor: Principal, sandbox_id: str) -> None:

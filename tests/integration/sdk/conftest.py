@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.sdk import server as srv
+from tests.support.server import Server, external, start_server
 
 
 @pytest.fixture(scope="session")
-def hutch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[srv.Server]:
+def hutch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The API under test (a real `hutch serve`); skips only without root, saying why."""
-    ext = srv.external()
+    ext = external()
     if ext is not None:
         yield ext
         return
-    why = srv.missing_pieces()
-    if why:
-        pytest.skip(why)
-    data_dir = tmp_path_factory.mktemp("hutch-data")
-    server, proc = srv.start(data_dir)
+    if os.geteuid() != 0:
+        pytest.skip("the runner needs root (namespaces, cgroups)")
+    server = start_server(tmp_path_factory.mktemp("hutch") / "data")
     try:
         yield server
     finally:
-        srv.stop(proc)
+        server.stop()
 
 
 @pytest.fixture
-def api(hutch_server: srv.Server, monkeypatch: pytest.MonkeyPatch) -> srv.Server:
+def api(hutch_server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     """Point the SDK (and CLI) at the server through the environment, as a user would."""
     monkeypatch.setenv("HUTCH_API_URL", hutch_server.url)
     monkeypatch.setenv("HUTCH_API_KEY", hutch_server.admin_key)

@@ -1,4 +1,5 @@
-"""Fixtures for API tests: an app on each test database, and a small world of tenants."""
+"""Fixtures for API tests: an app on each test database, a small world of tenants, and a real
+runner behind the app (started on first use; tests that create sandboxes need root)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from hutch.models.api import Mode, Role
 from hutch.services.clock import FakeClock
 from hutch.services.permissions import role_scopes
 from hutch.services.ratelimit import TokenBucket
-from tests.unit.api.fake_runner import InMemoryRunner
+from tests.support.live_runner import LiveRunner
 
 T = TypeVar("T")
 PEPPER = "test-pepper-0123456789abcdef0123456789"
@@ -129,7 +130,7 @@ class AppEnv:
     which costs far more than a test), with the parts tests reach into."""
 
     app: FastAPI
-    runner: InMemoryRunner
+    runner: LiveRunner
     clock: FakeClock
 
 
@@ -138,19 +139,29 @@ def _settings(database: Database, data_dir: Path, **overrides: Any) -> ApiSettin
 
 
 @pytest.fixture(scope="session")
-def _app_env(_shared_database: Database, tmp_path_factory: pytest.TempPathFactory) -> AppEnv:
-    runner, clock = InMemoryRunner(), FakeClock()
+def live_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRunner]:
+    """One real runner for the session (its process starts when a test first needs it)."""
+    runner = LiveRunner(tmp_path_factory.mktemp("runner") / "r")
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture(scope="session")
+def _app_env(
+    _shared_database: Database, live_runner: LiveRunner, tmp_path_factory: pytest.TempPathFactory
+) -> AppEnv:
+    clock = FakeClock()
     settings = _settings(_shared_database, tmp_path_factory.mktemp("data"))
     app = create_app(
-        settings, runner=runner, clock=clock, database=_shared_database, background=False
+        settings, runner=live_runner, clock=clock, database=_shared_database, background=False
     )
-    return AppEnv(app, runner, clock)
+    return AppEnv(app, live_runner, clock)
 
 
 @pytest.fixture
 def app(_app_env: AppEnv, database: Database) -> FastAPI:
     """The app with default settings, its state reset (the `database` fixture empties tables)."""
-    _app_env.runner.reset()
+    _app_env.runner.clean()
     _app_env.clock.set(datetime.now(UTC).replace(microsecond=0))
     svc: Services = _app_env.app.state.services
     svc.sandboxes.limiter = TokenBucket(svc.settings.create_rate_per_minute, svc.clock)
@@ -159,7 +170,7 @@ def app(_app_env: AppEnv, database: Database) -> FastAPI:
 
 
 @pytest.fixture
-def runner(app: FastAPI, _app_env: AppEnv) -> InMemoryRunner:
+def runner(app: FastAPI, _app_env: AppEnv) -> LiveRunner:
     """The runner behind the app."""
     return _app_env.runner
 
@@ -174,20 +185,21 @@ AppFactory = Callable[..., FastAPI]
 
 
 @pytest.fixture
-def make_app(database: Database, tmp_path: Path) -> AppFactory:
-    """A new app with its own runner and clock; keyword arguments override settings."""
+def make_app(database: Database, live_runner: LiveRunner, tmp_path: Path) -> Iterator[AppFactory]:
+    """A new app with its own clock on the session's runner; keyword arguments override settings."""
 
     def make(**overrides: Any) -> FastAPI:
         clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
         return create_app(
             _settings(database, tmp_path / "data", **overrides),
-            runner=InMemoryRunner(),
+            runner=live_runner,
             clock=clock,
             database=database,
             background=False,
         )
 
-    return make
+    yield make
+    live_runner.clean()
 
 
 @pytest.fixture
@@ -206,6 +218,7 @@ class Client:
     """
 
     def __init__(self, app: FastAPI) -> None:
+        self.app = app
         self.loop = asyncio.new_event_loop()
         self.http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://hutch.test"
@@ -235,6 +248,9 @@ class Client:
         return self.request("DELETE", url, **kw)
 
     def close(self) -> None:
+        runner = self.app.state.services.runner
+        if runner is not None:
+            self.run(runner.aclose())  # its connections on this loop
         self.run(self.http.aclose())
         self.loop.close()
 

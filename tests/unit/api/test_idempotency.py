@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hutch.services.clock import FakeClock
+from tests.support.live_runner import LiveRunner
 from tests.unit.api.conftest import Client, World
-from tests.unit.api.fake_runner import InMemoryRunner
 
 CREATES = [
     ("/v1/sandboxes", {"metadata": {"job": "1"}}),
@@ -51,7 +51,7 @@ def test_same_key_different_body_is_a_conflict(
 
 
 def test_one_create_only_reaches_the_runner_once(
-    client: Client, world: World, runner: InMemoryRunner
+    client: Client, world: World, runner: LiveRunner
 ) -> None:
     h = {**world.owner.h, "Idempotency-Key": "once"}
     ids = {client.post("/v1/sandboxes", headers=h, json={}).json()["sandbox_id"] for _ in range(3)}
@@ -73,7 +73,7 @@ def test_same_key_on_another_route_is_a_conflict(client: Client, world: World) -
 
 
 def test_failed_requests_are_not_remembered(
-    client: Client, world: World, runner: InMemoryRunner
+    client: Client, world: World, runner: LiveRunner
 ) -> None:
     h = {**world.owner.h, "Idempotency-Key": "retry-me"}
     r = client.post("/v1/sandboxes", headers=h, json={"template": "missing"})

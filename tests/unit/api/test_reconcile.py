@@ -1,4 +1,4 @@
-"""The database and the runner are brought back into agreement: reconciler and runner events."""
+"""The database and a real runner are brought back into agreement: reconciler and runner events."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hutch.api.deps import Services
 from hutch.ids import new_id
 from hutch.models.api import SandboxCreate
 from hutch.models.common import SandboxState
-from hutch.models.events import StateEvent, UsageHeartbeat
+from hutch.models.events import StateEvent
+from hutch.models.sandbox import SetTimeout
+from tests.support.live_runner import LiveRunner
 from tests.unit.api.conftest import Client, World
-from tests.unit.api.fake_runner import InMemoryRunner
 
 
 def _get(client: Client, world: World, sandbox_id: str) -> dict:  # type: ignore[type-arg]
@@ -25,7 +26,7 @@ def _create(client: Client, world: World) -> str:
 
 
 def test_sandbox_missing_on_the_runner_is_stopped(
-    client: Client, world: World, runner: InMemoryRunner, svc: Services
+    client: Client, world: World, runner: LiveRunner, svc: Services
 ) -> None:
     keep, lost = _create(client, world), _create(client, world)
     runner.vanish(lost)
@@ -37,7 +38,7 @@ def test_sandbox_missing_on_the_runner_is_stopped(
 
 
 def test_unknown_sandbox_on_the_runner_is_killed(
-    client: Client, world: World, runner: InMemoryRunner, svc: Services
+    client: Client, world: World, runner: LiveRunner, svc: Services
 ) -> None:
     known = _create(client, world)
     orphan = new_id("sbx")
@@ -47,11 +48,11 @@ def test_unknown_sandbox_on_the_runner_is_killed(
     runner.orphan(stopped_in_db)  # the database says stopped, the host still has it
     report = client.run(svc.reconciler.reconcile_once())
     assert sorted(report.killed) == sorted([orphan, stopped_in_db])
-    assert set(runner.sandboxes) == {known}
+    assert runner.sandbox_ids() == {known}
 
 
 def test_interrupted_create_fails_and_inflight_work_is_left_alone(
-    client: Client, world: World, runner: InMemoryRunner, svc: Services
+    client: Client, world: World, runner: LiveRunner, svc: Services
 ) -> None:
     principal = _principal(svc, world)
     # Two rows stuck in `creating` (as after a crash between commit and runner call).
@@ -66,12 +67,12 @@ def test_interrupted_create_fails_and_inflight_work_is_left_alone(
 
 
 def test_stuck_stopping_is_finished(
-    client: Client, world: World, runner: InMemoryRunner, svc: Services
+    client: Client, world: World, runner: LiveRunner, svc: Services
 ) -> None:
     sbx = _create(client, world)
     svc.sandboxes._transition(sbx, SandboxState.stopping)  # as after a crash mid-kill
     report = client.run(svc.reconciler.reconcile_once())
-    assert report.killed == [sbx] and sbx not in runner.sandboxes
+    assert report.killed == [sbx] and sbx not in runner.sandbox_ids()
     assert _get(client, world, sbx)["state"] == "stopped"
 
 
@@ -98,33 +99,32 @@ def test_state_events_are_applied(client: Client, world: World, svc: Services) -
 
 
 def test_event_consumer_applies_events_from_the_runner(
-    client: Client, world: World, runner: InMemoryRunner, svc: Services
+    client: Client, world: World, runner: LiveRunner, svc: Services
 ) -> None:
     sbx = _create(client, world)
-    now = datetime.now(UTC)
-    runner.pending_events += [
-        UsageHeartbeat(
-            sandbox_id=sbx, vcpu=1, memory_mb=1024, window_start=now, window_end=now, cpu_time_us=5
-        ),
-        StateEvent(sandbox_id=sbx, state=SandboxState.failed, reason="oom", at=now),
-    ]
 
     # The app's own requests run on the same loop, so read the row through the service instead.
-    def state() -> str:
+    def state() -> tuple[str, str | None]:
         with svc.db.session() as s:
-            return svc.sandboxes.get(s, _principal(svc, world), sbx).state.value
+            got = svc.sandboxes.get(s, _principal(svc, world), sbx)
+            return got.state.value, got.end_reason
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(svc.reconciler.consume_events)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and await anyio.to_thread.run_sync(state) != "failed":
-                await anyio.sleep(0.01)
+            # The runner itself ends the sandbox (its deadline passes): only the event says so.
+            await runner.set_timeout(sbx, SetTimeout(timeout_s=1))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if (await anyio.to_thread.run_sync(state))[0] == "stopped":
+                    break
+                await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
 
     client.run(run())
     got = _get(client, world, sbx)
-    assert (got["state"], got["end_reason"]) == ("failed", "oom")
+    assert (got["state"], got["end_reason"]) == ("stopped", "timeout")
+    assert sbx not in runner.sandbox_ids()
 
 
 def _principal(svc: Services, world: World):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from hutch.api.routers import keys, projects, sandbox_proxy, sandboxes, system, 
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.authcache import PrincipalCache
 from hutch.services.clock import Clock, SystemClock
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
@@ -50,6 +51,9 @@ def build_services(
         Limits(settings.max_concurrent_sandboxes, settings.create_rate_per_minute),
     )
 
+    auth_cache = PrincipalCache(settings.auth_cache_s, clock)
+    auth_cache.watch(db.sessions)
+
     def counts() -> dict[str, int]:
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
@@ -65,6 +69,7 @@ def build_services(
         reconciler=Reconciler(sandboxes_svc, settings.reconcile_interval_s),
         runner=runner,
         metrics=Metrics(counts),
+        auth_cache=auth_cache,
     )
 
 

@@ -18,6 +18,7 @@ from hutch.api.metrics import Metrics
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.authcache import PrincipalCache
 from hutch.services.clock import Clock
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
 from hutch.services.keys import KeyService
@@ -46,6 +47,7 @@ class Services:
     reconciler: Reconciler
     runner: RunnerPort | None
     metrics: Metrics
+    auth_cache: PrincipalCache
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -76,11 +78,25 @@ def authenticate(svc: Services, key: str | None) -> Principal:
         return svc.keys.authenticate(s, key)
 
 
-async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(services)]) -> Principal:
-    """Authenticate the caller (401 problem otherwise)."""
+async def resolve_key(svc: Services, key: str | None) -> Principal:
+    """The caller behind `key`: from the short-lived cache, else from the database."""
+    if key:
+        digest = svc.keys.hash(key)
+        cached = svc.auth_cache.get(digest)
+        if cached is not None:
+            return cached
+        generation = svc.auth_cache.generation
     # Its own session, closed at once: the connection goes back to the pool while a long request
     # (a file download, a command) runs.
-    actor = await run_in_threadpool(authenticate, svc, presented_key(conn))
+    actor = await run_in_threadpool(authenticate, svc, key)
+    if key:
+        svc.auth_cache.put(digest, actor, actor.key_expires_at, generation)
+    return actor
+
+
+async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(services)]) -> Principal:
+    """Authenticate the caller (401 problem otherwise)."""
+    actor = await resolve_key(svc, presented_key(conn))
     conn.state.key_id = actor.key_id
     return actor
 

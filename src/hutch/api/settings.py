@@ -14,4 +14,11 @@ class ApiSettings(Settings):
         default=None, description="HMAC secret for API keys; default: DATA_DIR/pepper (0600)"
     )
     reconcile_interval_s: float = Field(default=30.0, gt=0)
+    auth_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long an authenticated key is remembered; changes made through another "
+        "API process apply within this time (0 = ask the database on every request)",
+    )
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")

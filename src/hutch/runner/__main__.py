@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         lifespan="on",
         ws_max_size=16 * 1024 * 1024,
+        # The sandbox control protocol passes file descriptors over SEQPACKET sockets and the
+        # launcher is reaped with pidfds; both are written against the stdlib event loop.
+        loop="asyncio",
     )
     uvicorn.Server(config).run()
 

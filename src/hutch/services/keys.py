@@ -170,6 +170,7 @@ class KeyService:
             mode=Mode(k.mode),
             role=Role(role) if role else None,
             scopes=frozenset(_known_scopes(k.scopes)),
+            key_expires_at=k.expires_at,
         )
 
     # --- management ---

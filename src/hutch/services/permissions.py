@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from hutch.models.api import Mode, Role, Scope
 from hutch.models.common import ErrorCode, HutchError
@@ -46,6 +47,7 @@ class Principal:
     mode: Mode
     role: Role | None
     scopes: frozenset[Scope]
+    key_expires_at: datetime | None = None
     rights: frozenset[Scope] = field(init=False)
 
     def __post_init__(self) -> None:

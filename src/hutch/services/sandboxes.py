@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ log = structlog.get_logger("hutch.sandboxes")
 ACTIVE = (SandboxState.creating.value, SandboxState.running.value, SandboxState.stopping.value)
 TERMINAL = (SandboxState.stopped.value, SandboxState.failed.value)
 QUOTA_RETRY_AFTER_S = 5
+LIVE_MAX = 100_000  # ids remembered as running (about 10 MB at most)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ class SandboxService:
         # SQLite serialises writers anyway; this lock makes count-then-insert atomic per process
         # (PostgreSQL additionally locks the project row for other processes).
         self._quota_lock = threading.Lock()
+        # Sandboxes this process last saw running: id → (project, mode). Tenancy never changes,
+        # so the proxy hot path checks it here without a database round trip; every transition
+        # away from `running` drops the entry, and the runner itself refuses commands to a
+        # sandbox that ended by other means (timeout, another API process).
+        self.live: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._live_lock = threading.Lock()
 
     def require_runner(self) -> RunnerPort:
         if self.runner is None:
@@ -117,7 +125,22 @@ class SandboxService:
                 ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is {row.state}, not running"
             )
         self.require_runner()
+        self._remember(row.id, row.state, row.project_id, row.mode)
         return row
+
+    def seen_running(self, actor: Principal, sandbox_id: str) -> bool:
+        """Whether this process last saw the sandbox running in the caller's project and mode
+        (no database round trip; `running` is the authoritative check)."""
+        return self.live.get(sandbox_id) == (actor.project_id, actor.mode.value)
+
+    def _remember(self, sandbox_id: str, state: str, project_id: str, mode: str) -> None:
+        with self._live_lock:
+            if state == SandboxState.running.value:
+                self.live[sandbox_id] = (project_id, mode)
+                while len(self.live) > LIVE_MAX:
+                    self.live.popitem(last=False)
+            else:
+                self.live.pop(sandbox_id, None)
 
     def list(
         self,
@@ -220,6 +243,7 @@ class SandboxService:
             if info is not None and row.state == SandboxState.running.value:
                 row.created_at, row.expires_at = info.created_at, info.expires_at
             s.commit()
+            self._remember(row.id, row.state, row.project_id, row.mode)
             return to_wire(row), moved
 
     async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox:

@@ -166,6 +166,8 @@ def app(_app_env: AppEnv, database: Database) -> FastAPI:
     svc: Services = _app_env.app.state.services
     svc.sandboxes.limiter = TokenBucket(svc.settings.create_rate_per_minute, svc.clock)
     svc.sandboxes.inflight.clear()
+    svc.sandboxes.live.clear()
+    svc.auth_cache.clear()
     return _app_env.app
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocke
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from hutch.api.deps import EXEC_BODY_MAX, Actor, Svc, authenticate, presented_key
+from hutch.api.deps import EXEC_BODY_MAX, Actor, Svc, presented_key, resolve_key
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, ExecUser, HutchError
@@ -39,7 +39,9 @@ Pid = Annotated[int, Path(ge=1, le=2**31)]
 
 
 async def _check(svc: Svc, actor: Actor, sandbox_id: str, scope: Scope) -> RunnerPort:
-    await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, scope)
+    actor.require(scope)
+    if not svc.sandboxes.seen_running(actor, sandbox_id):
+        await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, scope)
     return svc.sandboxes.require_runner()
 
 
@@ -254,7 +256,7 @@ async def exec_stream(ws: WebSocket, sandbox_id: SandboxId, svc: Svc) -> None:
     """Interactive command / PTY: frames pass unchanged between the client and the runner."""
     async with AsyncExitStack() as stack:
         try:
-            actor = await run_in_threadpool(authenticate, svc, presented_key(ws))
+            actor = await resolve_key(svc, presented_key(ws))
             ws.state.key_id = actor.key_id
             await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, Scope.sandboxes_write)
             runner = svc.sandboxes.require_runner()

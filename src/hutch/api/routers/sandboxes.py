@@ -6,8 +6,9 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from hutch.api.deps import BODY_MAX, DB, Actor, Idem, Paging, Svc
+from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
 from hutch.models.common import ErrorCode, HutchError, SandboxState
@@ -52,29 +53,36 @@ async def create_sandbox(body: SandboxCreate, actor: Actor, svc: Svc, idem: Idem
     response_model=Page[Sandbox],
     description="Filter by `state` and by any number of `metadata.KEY=VALUE` query parameters.",
 )
-def list_sandboxes(
+async def list_sandboxes(
     request: Request,
     actor: Actor,
-    db: DB,
     svc: Svc,
     page: Paging,
     state: Annotated[SandboxState | None, Query()] = None,
 ) -> Page[Sandbox]:
     """Sandboxes of the key's project and mode, newest first."""
-    return svc.sandboxes.list(
-        db,
-        actor,
-        state=state,
-        metadata=metadata_filters(request),
-        limit=page.limit,
-        cursor=page.cursor,
-    )
+    metadata = metadata_filters(request)
+
+    def read() -> Page[Sandbox]:
+        with svc.db.session() as db:
+            return svc.sandboxes.list(
+                db, actor, state=state, metadata=metadata, limit=page.limit, cursor=page.cursor
+            )
+
+    return await run_in_threadpool(read)
 
 
+# The hot reads are async with one worker-thread hop for the whole database read (a sync route
+# with a session dependency costs three).
 @router.get("/{sandbox_id}", response_model=Sandbox)
-def get_sandbox(sandbox_id: SandboxId, actor: Actor, db: DB, svc: Svc) -> Sandbox:
+async def get_sandbox(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> Sandbox:
     """One sandbox."""
-    return svc.sandboxes.get(db, actor, sandbox_id)
+
+    def read() -> Sandbox:
+        with svc.db.session() as db:
+            return svc.sandboxes.get(db, actor, sandbox_id)
+
+    return await run_in_threadpool(read)
 
 
 @router.delete("/{sandbox_id}", status_code=204)

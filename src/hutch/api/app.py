@@ -16,7 +16,16 @@ from hutch.api import errors
 from hutch.api.deps import Services
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
-from hutch.api.routers import keys, projects, sandbox_proxy, sandboxes, system, teams, users
+from hutch.api.routers import (
+    keys,
+    projects,
+    sandbox_proxy,
+    sandboxes,
+    system,
+    teams,
+    templates,
+    users,
+)
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
@@ -118,7 +127,7 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy):
+    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates):
         app.include_router(module.router)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics)
     return app

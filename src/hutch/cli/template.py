@@ -16,7 +16,6 @@ from hutch.cli import _common as c
 from hutch.config import RunnerSettings
 from hutch.models.common import HutchError
 from hutch.sdk.client import Hutch
-from hutch.sdk.exceptions import NotFoundError
 
 app = typer.Typer(help="Templates sandboxes start from.", no_args_is_help=True)
 COLUMNS = ("name", "ready", "size_bytes", "built_at", "description")
@@ -77,17 +76,7 @@ def ls(
             raise _fail(e, json_out) from None
     else:
         with Hutch(config=c.config(api_url, api_key)) as h:
-            try:
-                items = h.list_templates()
-            except NotFoundError as e:
-                if e.code != "not_found":
-                    raise
-                # This API has no template listing: show what this machine has instead.
-                c.err_console().print("[dim]the API lists no templates; showing the local store")
-                try:
-                    items = _store(template_dir).list()
-                except HutchError as he:
-                    raise _fail(he, json_out) from None
+            items = h.list_templates()
     if json_out:
         c.print_json(items)
     else:

@@ -18,7 +18,14 @@ from hutch.models.exec import (
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
-from hutch.models.sandbox import RunnerCreate, RunnerInfo, SandboxInfo, SandboxStats, SetTimeout
+from hutch.models.sandbox import (
+    RunnerCreate,
+    RunnerInfo,
+    SandboxInfo,
+    SandboxStats,
+    SetTimeout,
+    TemplateInfo,
+)
 
 
 class RunnerSocket(Protocol):
@@ -42,6 +49,10 @@ class RunnerPort(Protocol):
 
     async def info(self) -> RunnerInfo:
         """`GET /v1/health`."""
+        ...
+
+    async def templates(self) -> builtins.list[TemplateInfo]:
+        """Templates on this runner."""
         ...
 
     async def create(self, req: RunnerCreate) -> SandboxInfo:

@@ -89,6 +89,13 @@ def test_cp_round_trip(sandbox_id: str, tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def test_template_ls_asks_the_api(api: Server) -> None:
+    r = hutch("template", "ls", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {"name": "base", "ready": True}.items() <= json.loads(r.stdout)[0].items()
+    assert "base" in hutch("template", "ls").stdout
+
+
 def test_errors_name_the_code(api: Server) -> None:
     r = hutch("sandbox", "info", "sbx_" + "0" * 26)
     assert r.returncode == 1 and "sandbox_not_found" in r.stderr

@@ -97,6 +97,8 @@ CASES = [
         "POST", "/v1/sandboxes", "member", 201, other=201, body=lambda p: {"metadata": {"a": "b"}}
     ),
     Case("GET", "/v1/sandboxes", "viewer", 200, other=200),
+    Case("GET", "/v1/templates", "viewer", 200, other=200),
+    Case("GET", "/v1/templates/base", "viewer", 200, other=200),
     Case("GET", SBX, "viewer", 200),
     Case("DELETE", SBX, "member", 204, fresh=("sbx",)),
     Case("POST", SBX + "/timeout", "member", 200, body=lambda p: {"timeout_s": 600}),

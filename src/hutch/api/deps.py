@@ -18,6 +18,8 @@ from hutch.api.metrics import Metrics
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.billing.service import BillingService
+from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
 from hutch.services.keys import KeyService
@@ -46,6 +48,8 @@ class Services:
     reconciler: Reconciler
     runner: RunnerPort | None
     metrics: Metrics
+    billing: BillingService
+    usage: UsageReports
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -9,7 +9,8 @@ import structlog
 from anyio import to_thread
 
 from hutch.models.common import HutchError, SandboxState
-from hutch.models.events import StateEvent
+from hutch.models.events import StateEvent, UsageHeartbeat
+from hutch.services.metering import MeteringService
 from hutch.services.sandboxes import TERMINAL, SandboxService
 
 log = structlog.get_logger("hutch.reconcile")
@@ -27,9 +28,15 @@ class ReconcileReport:
 class Reconciler:
     """Compares the runner's sandboxes with the database's and settles every difference."""
 
-    def __init__(self, sandboxes: SandboxService, interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        sandboxes: SandboxService,
+        interval_s: float = 30.0,
+        metering: MeteringService | None = None,
+    ) -> None:
         self.sandboxes = sandboxes
         self.interval_s = interval_s
+        self.metering = metering
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. The runner is listed before the database is read, so a sandbox created in
@@ -99,6 +106,8 @@ class Reconciler:
                 async for event in svc.require_runner().events():
                     if isinstance(event, StateEvent):
                         await to_thread.run_sync(svc.apply_event, event)
+                    elif isinstance(event, UsageHeartbeat) and self.metering is not None:
+                        await to_thread.run_sync(self.metering.ingest, [event])
             except Exception as e:
                 log.warning("runner_events_dropped", error=type(e).__name__)
             await anyio.sleep(retry_s)

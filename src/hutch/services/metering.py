@@ -185,10 +185,10 @@ class MeteringService:
         """Record heartbeats in one transaction; returns how many records were written."""
         with self.db.session() as s:
             n = 0
-            for hb in heartbeats:
-                n += self._apply(s, hb)
-                s.flush()
             try:
+                for hb in heartbeats:
+                    n += self._apply(s, hb)
+                    s.flush()
                 s.commit()
             except IntegrityError:
                 # Another process recorded the same span first (same deterministic id).

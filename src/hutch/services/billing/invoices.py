@@ -145,7 +145,7 @@ class InvoiceService:
             .where(UsageRecordRow.period < current, UsageRecordRow.mode == "live")
             .distinct()
         ).all()
-        done = set(session.execute(select(InvoiceRow.team_id, InvoiceRow.period)).tuples().all())
+        done = set(session.execute(select(InvoiceRow.team_id, InvoiceRow.period)).all())
         return sorted(
             (t, p)
             for t, p in pairs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.db.billing import BillingAccountRow
 from hutch.db.models import ProjectRow, SandboxRow, TeamRow
 from hutch.db.session import Database
 from hutch.ids import new_id
@@ -44,6 +45,8 @@ class Stack:
             s.add(ProjectRow(id=project_id, team_id=team_id, name="p", created_at=now))
             if promo:
                 self.credits.ensure_account(s, team_id)
+            else:  # an account without the welcome credit
+                s.add(BillingAccountRow(team_id=team_id, state="active", created_at=now))
             s.commit()
         return team_id, project_id
 

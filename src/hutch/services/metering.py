@@ -141,7 +141,11 @@ class MeteringService:
         if found is None:
             return None  # not ours (another control plane's runner, or a deleted project)
         project_id, mode, created_at, team_id = found
-        start = min(created_at, hb.window_start)
+        # Heartbeats missed before the first one we see (this server was down as the sandbox
+        # started) are filled from its creation time, when that is plausible.
+        start = hb.window_start
+        if hb.window_start - self.late_window <= created_at < hb.window_start:
+            start = created_at
         meter = SandboxMeterRow(
             sandbox_id=hb.sandbox_id,
             team_id=team_id,

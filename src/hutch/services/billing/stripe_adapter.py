@@ -3,6 +3,7 @@ invoices and signed webhooks. `api_base` points the library elsewhere (a local t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import stripe
@@ -137,11 +138,14 @@ class StripeBilling(BillingAdapter):
                 ErrorCode.webhook_signature_invalid,
                 "the Stripe-Signature header does not verify for this body",
             ) from None
-        obj = event.data.object
-        customer = obj.get("customer") if hasattr(obj, "get") else None
+        # Verified: read the few fields needed from the raw JSON (plain dicts, no attribute magic).
+        data = json.loads(payload)
+        obj = data.get("data", {}).get("object", {})
+        customer = obj.get("customer") if isinstance(obj, dict) else None
+        object_id = obj.get("id") if isinstance(obj, dict) else None
         return WebhookEvent(
             id=str(event.id),
-            type=str(event.type),
-            customer_id=str(customer) if customer else None,
-            object_id=str(obj.get("id")) if hasattr(obj, "get") and obj.get("id") else None,
+            type=str(data.get("type")),
+            customer_id=str(customer) if isinstance(customer, str) else None,
+            object_id=str(object_id) if isinstance(object_id, str) else None,
         )

@@ -18,9 +18,13 @@ def beat(
     sid: str, start: datetime, end: datetime, vcpu: int = 1, mem: int = 1024
 ) -> UsageHeartbeat:
     return UsageHeartbeat(
-        sandbox_id=sid, vcpu=vcpu, memory_mb=mem, window_start=start, window_end=end,
+        sandbox_id=sid,
+        vcpu=vcpu,
+        memory_mb=mem,
+        window_start=start,
+        window_end=end,
         cpu_time_us=0,
-    )  # fmt: skip
+    )
 
 
 def create(client: Client, h: dict[str, str], **spec: object) -> dict[str, object]:

@@ -34,17 +34,17 @@ def test_seconds_times_price_is_exact(stack: Stack) -> None:
         stack.metering.ingest([hb(sid, t, t + 10 * S, vcpu=2, memory_mb=2048)])
         t += 10 * S
     assert billed_ms(stack, sid) == 3_600_000
-    # 2 vCPU + 2 GiB for an hour = 4 × $0.0205 = $0.082, to the micro-dollar
+    # 2 vCPU + 2 GiB for an hour = 4 x $0.0205 = $0.082, to the micro-dollar
     with stack.db.session() as s:
         assert stack.credits.ledger(s, team).usage_micros == 82_000
     assert stack.ledger_balance(team) == 50_000_000 - 82_000
 
 
 def test_sub_second_windows_add_up_without_drift(stack: Stack) -> None:
-    team, project = stack.team()
+    _, project = stack.team()
     sid = stack.sandbox(project)
     t = T0
-    for _ in range(7):  # 7 × 1.234567 s; milliseconds are floored at absolute times
+    for _ in range(7):  # 7 x 1.234567 s; milliseconds are floored at absolute times
         stack.metering.ingest([hb(sid, t, t + timedelta(microseconds=1_234_567))])
         t += timedelta(microseconds=1_234_567)
     assert billed_ms(stack, sid) == 8641  # floor(8.641969 s) at the absolute end

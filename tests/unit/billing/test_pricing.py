@@ -26,7 +26,7 @@ def test_default_price_is_0_041_per_hour_for_one_vcpu_and_one_gib() -> None:
     assert v.compute_micros(HOUR_MS, 1024 * HOUR_MS) == Decimal(41_000)
     # per second: 41000 / 3600 micro-dollars, exactly, before any rounding
     assert v.compute_micros(1000, 1024 * 1000) == Decimal(41_000) / 3600
-    # linear in size: 4 vCPU + 8 GiB for one hour = 4 × 0.0205 + 8 × 0.0205 dollars
+    # linear in size: 4 vCPU + 8 GiB for one hour = 4 x 0.0205 + 8 x 0.0205 dollars
     assert v.compute_micros(4 * HOUR_MS, 8 * 1024 * HOUR_MS) == Decimal(246_000)
 
 
@@ -40,9 +40,11 @@ def test_rounding_is_half_to_even_at_the_micro_dollar() -> None:
     ]
     # 0.0018 $/vCPU-h is 0.0005 micro-dollars per vCPU-ms: 1 s → 0.5 → 0, 3 s → 1.5 → 2
     v = PriceVersion(
-        version="t", effective_from=datetime(2020, 1, 1, tzinfo=UTC), vcpu_hour=Decimal("0.0018"),
+        version="t",
+        effective_from=datetime(2020, 1, 1, tzinfo=UTC),
+        vcpu_hour=Decimal("0.0018"),
         gib_hour=Decimal(0),
-    )  # fmt: skip
+    )
     assert round_micros(v.compute_micros(1000, 0)) == 0
     assert round_micros(v.compute_micros(3000, 0)) == 2
     assert micros_to_cents(5_000) == 0 and micros_to_cents(15_000) == 2
@@ -70,7 +72,7 @@ def test_versions_apply_from_their_date(tmp_path: Path) -> None:
                     },
                 ]
             }
-        )  # fmt: skip
+        )
     )
     book = PriceBook.load(path)
     assert book.at(datetime(2030, 6, 1, tzinfo=UTC)).version == "v1"

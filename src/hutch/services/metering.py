@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -99,106 +100,167 @@ class MeteringService:
         )
         return status is not None and status != "open"
 
-    def _period_for(self, session: Session, team_id: str, at: datetime) -> tuple[str, bool]:
+    def _period_for(
+        self, session: Session, team_id: str, at: datetime, cache: dict[tuple[str, str], bool]
+    ) -> tuple[str, bool]:
         natural, current = period_of(at), period_of(self.clock.now())
         # Only past months are ever finalized, so the current month needs no look-up.
-        if natural >= current or not self.period_closed(session, team_id, natural):
+        if natural >= current:
             return natural, False
-        return current, True
+        key = (team_id, natural)
+        if key not in cache:
+            cache[key] = self.period_closed(session, team_id, natural)
+        return (current, True) if cache[key] else (natural, False)
 
     def _record(
-        self, session: Session, owner: Owner, rid: str, meter: str, start: datetime, end: datetime
-    ) -> UsageRecordRow:
-        period, late = self._period_for(session, owner.team_id, start)
-        return UsageRecordRow(
-            id=rid,
-            meter=meter,
-            team_id=owner.team_id,
-            project_id=owner.project_id,
-            mode=owner.mode,
-            start=start,
-            end=end,
-            price_version=self.prices.at(start).version,
-            period=period,
-            hour=start.replace(minute=0, second=0, microsecond=0),
-            late=late,
-            created_at=self.clock.now(),
-        )
+        self,
+        session: Session,
+        owner: Owner,
+        rid: str,
+        meter: str,
+        start: datetime,
+        end: datetime,
+        cache: dict[tuple[str, str], bool],
+    ) -> dict[str, Any]:
+        period, late = self._period_for(session, owner.team_id, start, cache)
+        return {
+            "id": rid,
+            "meter": meter,
+            "team_id": owner.team_id,
+            "project_id": owner.project_id,
+            "sandbox_id": None,
+            "mode": owner.mode,
+            "vcpu": 0,
+            "memory_mb": 0,
+            "start": start,
+            "end": end,
+            "duration_ms": 0,
+            "vcpu_ms": 0,
+            "mib_ms": 0,
+            "units": 0,
+            "price_version": self.prices.at(start).version,
+            "period": period,
+            "hour": start.replace(minute=0, second=0, microsecond=0),
+            "late": late,
+            "created_at": self.clock.now(),
+        }
 
     # --- sandboxes ---
 
-    def _meter(self, session: Session, hb: UsageHeartbeat) -> SandboxMeterRow | None:
-        meter = session.get(SandboxMeterRow, hb.sandbox_id, with_for_update=True)
-        if meter is not None:
-            return meter
+    def _meters(
+        self, session: Session, first: dict[str, UsageHeartbeat]
+    ) -> dict[str, SandboxMeterRow]:
+        """Meter rows of these sandboxes, locked; created for sandboxes seen the first time."""
+        ids = sorted(first)
+        meters = {
+            m.sandbox_id: m
+            for m in session.scalars(
+                select(SandboxMeterRow).where(SandboxMeterRow.sandbox_id.in_(ids)).with_for_update()
+            )
+        }
+        missing = [i for i in ids if i not in meters]
+        if not missing:
+            return meters
         found = session.execute(
             select(
-                SandboxRow.project_id, SandboxRow.mode, SandboxRow.created_at, ProjectRow.team_id
+                SandboxRow.id,
+                SandboxRow.project_id,
+                SandboxRow.mode,
+                SandboxRow.created_at,
+                ProjectRow.team_id,
             )
             .join(ProjectRow, ProjectRow.id == SandboxRow.project_id)
-            .where(SandboxRow.id == hb.sandbox_id)
-        ).first()
-        if found is None:
-            return None  # not ours (another control plane's runner, or a deleted project)
-        project_id, mode, created_at, team_id = found
-        # Heartbeats missed before the first one we see (this server was down as the sandbox
-        # started) are filled from its creation time, when that is plausible.
-        start = hb.window_start
-        if hb.window_start - self.late_window <= created_at < hb.window_start:
-            start = created_at
-        meter = SandboxMeterRow(
-            sandbox_id=hb.sandbox_id,
-            team_id=team_id,
-            project_id=project_id,
-            mode=mode,
-            started_at=start,
-            billed_until=start,
-            closed=False,
-        )
-        session.add(meter)
-        return meter
+            .where(SandboxRow.id.in_(missing))
+        ).all()
+        # Sandboxes we do not know (another control plane's runner, a deleted project) are
+        # not metered.
+        for sandbox_id, project_id, mode, created_at, team_id in found:
+            hb = first[sandbox_id]
+            # Heartbeats missed before the first one we see (this server was down as the
+            # sandbox started) are filled from its creation time, when that is plausible.
+            start = hb.window_start
+            if hb.window_start - self.late_window <= created_at < hb.window_start:
+                start = created_at
+            meter = SandboxMeterRow(
+                sandbox_id=sandbox_id,
+                team_id=team_id,
+                project_id=project_id,
+                mode=mode,
+                started_at=start,
+                billed_until=start,
+                closed=False,
+            )
+            session.add(meter)
+            meters[sandbox_id] = meter
+        return meters
 
-    def _apply(self, session: Session, hb: UsageHeartbeat) -> int:
-        if hb.window_end < self.clock.now() - self.late_window:
-            log.warning("usage_too_late", sandbox_id=hb.sandbox_id)
-            return 0
-        meter = self._meter(session, hb)
-        if meter is None or meter.closed:
-            return 0
+    def _spans(
+        self,
+        session: Session,
+        meter: SandboxMeterRow,
+        hb: UsageHeartbeat,
+        cache: dict[tuple[str, str], bool],
+    ) -> list[dict[str, Any]]:
+        """Records for the part of `hb` beyond the meter's mark; moves the mark."""
+        if meter.closed:
+            return []
         start, end = meter.billed_until, hb.window_end
         if hb.final:
             meter.closed = True
         if end <= start:
-            return 0
+            return []
         owner = Owner(meter.team_id, meter.project_id, meter.mode)
-        n = 0
+        out = []
         for a, b in split_days(start, end):
             ms = epoch_ms(b) - epoch_ms(a)
             rec = self._record(
-                session, owner, f"{hb.sandbox_id}@{a.isoformat()}", SANDBOX_METER, a, b
+                session, owner, f"{hb.sandbox_id}@{a.isoformat()}", SANDBOX_METER, a, b, cache
             )
-            rec.sandbox_id = hb.sandbox_id
-            rec.vcpu, rec.memory_mb = hb.vcpu, hb.memory_mb
-            rec.duration_ms, rec.vcpu_ms, rec.mib_ms = ms, ms * hb.vcpu, ms * hb.memory_mb
-            session.add(rec)
-            n += 1
+            rec.update(
+                sandbox_id=hb.sandbox_id,
+                vcpu=hb.vcpu,
+                memory_mb=hb.memory_mb,
+                duration_ms=ms,
+                vcpu_ms=ms * hb.vcpu,
+                mib_ms=ms * hb.memory_mb,
+            )
+            out.append(rec)
         meter.billed_until = end
-        return n
+        return out
 
     def ingest(self, heartbeats: Iterable[UsageHeartbeat]) -> int:
-        """Record heartbeats in one transaction; returns how many records were written."""
+        """Record heartbeats in one transaction (one meter look-up and one bulk insert per
+        batch); returns how many records were written."""
+        cutoff = self.clock.now() - self.late_window
+        fresh = []
+        for hb in heartbeats:
+            if hb.window_end < cutoff:
+                log.warning("usage_too_late", sandbox_id=hb.sandbox_id)
+            else:
+                fresh.append(hb)
+        if not fresh:
+            return 0
+        first: dict[str, UsageHeartbeat] = {}
+        for hb in fresh:
+            first.setdefault(hb.sandbox_id, hb)
         with self.db.session() as s:
-            n = 0
             try:
-                for hb in heartbeats:
-                    n += self._apply(s, hb)
-                    s.flush()
+                meters = self._meters(s, first)
+                cache: dict[tuple[str, str], bool] = {}
+                rows = [
+                    rec
+                    for hb in fresh
+                    if hb.sandbox_id in meters
+                    for rec in self._spans(s, meters[hb.sandbox_id], hb, cache)
+                ]
+                if rows:
+                    s.execute(insert(UsageRecordRow), rows)
                 s.commit()
             except IntegrityError:
                 # Another process recorded the same span first (same deterministic id).
                 s.rollback()
                 return 0
-            return n
+            return len(rows)
 
     def close(self, sandbox_id: str) -> None:
         """The sandbox ended without a final heartbeat reaching us: usage ends where it is."""
@@ -230,20 +292,23 @@ class MeteringService:
         when = at or self.clock.now()
         owner = Owner(team_id, project_id, mode)
         with self.db.session() as s:
-            n = 0
+            rows: list[dict[str, Any]] = []
+            cache: dict[tuple[str, str], bool] = {}
             for direction, units in zip(
                 MODEL_DIRECTIONS, (input_tokens, output_tokens), strict=True
             ):
                 rid = f"{request_id}:{direction}"
                 if units == 0 or s.get(UsageRecordRow, rid) is not None:
                     continue
-                rec = self._record(s, owner, rid, f"model:{model}:{direction}", when, when)
-                rec.units = units
-                s.add(rec)
-                n += 1
+                meter = f"model:{model}:{direction}"
+                rec = self._record(s, owner, rid, meter, when, when, cache)
+                rec["units"] = units
+                rows.append(rec)
             try:
+                if rows:
+                    s.execute(insert(UsageRecordRow), rows)
                 s.commit()
             except IntegrityError:
                 s.rollback()
                 return 0
-            return n
+            return len(rows)

@@ -86,7 +86,7 @@ def sandboxes(db: Database, n: int) -> list[str]:
                     created_at=T0,
                     updated_at=T0,
                     expires_at=T0 + timedelta(hours=1),
-                )  # fmt: skip
+                )
             )
         s.commit()
     return ids

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import signal
 import time
@@ -106,5 +107,5 @@ def test_kill_9_of_runner_and_server_bills_the_truth_once(
             for r in csv.DictReader(io.StringIO(c.get("/v1/billing/usage.csv").text))
             if r["sandbox_id"] == sid
         )
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end == start  # contiguous, never overlapping: nothing counted twice

@@ -47,6 +47,7 @@ log = structlog.get_logger("hutch.billing")
 RETENTION = timedelta(days=7 * 366)  # seven years, leap days included
 REPORT_BATCH = 500
 PAYMENT_FAILED = "past_due"
+PURGE_EVERY = timedelta(days=1)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class BillingService:
         self.grace = timedelta(seconds=grace_s)
         self.interval_s = interval_s
         self.pseudonym_key = pseudonym_key
+        self._purged_at: datetime | None = None
 
     # --- events ---
 
@@ -233,6 +235,10 @@ class BillingService:
             report.reported = await to_thread.run_sync(self.report_usage)
         finalized = await to_thread.run_sync(self.invoices.close_due)
         report.invoiced = [r.id for r in finalized]
+        now = self.clock.now()
+        if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
+            await to_thread.run_sync(self.purge_expired)
+            self._purged_at = now
         return report
 
     async def run_periodically(self) -> None:

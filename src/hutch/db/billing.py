@@ -74,6 +74,7 @@ class UsageRecordRow(Base):
 
     __table_args__ = (
         Index("ix_usage_records_team_id_period", "team_id", "period"),
+        Index("ix_usage_records_period_team_id", "period", "team_id"),
         Index("ix_usage_records_team_id_hour", "team_id", "hour"),
         Index("ix_usage_records_sandbox_id", "sandbox_id"),
         Index("ix_usage_records_reported_at", "reported_at"),

@@ -11,7 +11,7 @@ import pytest
 from hutch.api.deps import Services
 from hutch.models.events import UsageHeartbeat
 from hutch.services.clock import FakeClock
-from tests.unit.api.conftest import Client, World
+from tests.unit.api.conftest import AppFactory, Client, World, build_world
 
 
 def beat(
@@ -190,3 +190,16 @@ def test_usage_range_is_checked(client: Client, world: World) -> None:
 def test_webhook_without_stripe_is_not_found(client: Client) -> None:
     r = client.post("/v1/billing/webhooks/stripe", content=b"{}")
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize(("enforce", "status"), [(True, 402), (False, 201)])
+def test_enforcement_can_be_turned_off(make_app: AppFactory, enforce: bool, status: int) -> None:
+    app = make_app(billing_enforce=enforce, billing_welcome_credit="0")
+    svc: Services = app.state.services
+    world = build_world(svc)
+    client = Client(app)
+    try:
+        r = client.post("/v1/sandboxes", headers=world.owner.h, json={})
+        assert r.status_code == status, r.text
+    finally:
+        client.close()

@@ -63,13 +63,10 @@ def usage(
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "One row per usage record"}},
 )
-def usage_csv(
-    actor: Actor, db: DB, svc: Svc, start: Start = None, end: End = None
-) -> StreamingResponse:
-    """Every usage record in the range as CSV."""
-    rows = list(svc.usage.csv_rows(db, actor, start, end))
+def usage_csv(actor: Actor, svc: Svc, start: Start = None, end: End = None) -> StreamingResponse:
+    """Every usage record in the range as CSV (streamed)."""
     return StreamingResponse(
-        iter(rows),
+        svc.usage.csv_rows(actor, start, end),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
     )

@@ -140,9 +140,15 @@ class InvoiceService:
         live usage but no finalized invoice yet."""
         now = self.clock.now()
         current = period_of(now)
+        # A year back is plenty (the job runs every few minutes) and keeps the scan small.
+        oldest = period_of(now - timedelta(days=366))
         pairs = session.execute(
             select(UsageRecordRow.team_id, UsageRecordRow.period)
-            .where(UsageRecordRow.period < current, UsageRecordRow.mode == "live")
+            .where(
+                UsageRecordRow.period >= oldest,
+                UsageRecordRow.period < current,
+                UsageRecordRow.mode == "live",
+            )
             .distinct()
         ).all()
         done = set(session.execute(select(InvoiceRow.team_id, InvoiceRow.period)).all())

@@ -38,7 +38,7 @@ from hutch.services.billing.base import BillingAdapter, Customer, MeterEvent, We
 from hutch.services.billing.invoices import InvoiceService
 from hutch.services.clock import Clock
 from hutch.services.credits import CreditService, Ledger
-from hutch.services.metering import EPOCH, MeteringService
+from hutch.services.metering import EPOCH, SANDBOX_METER, MeteringService
 from hutch.services.permissions import Principal
 from hutch.services.pricing import format_dollars
 from hutch.services.sandboxes import SandboxService
@@ -48,6 +48,7 @@ RETENTION = timedelta(days=7 * 366)  # seven years, leap days included
 REPORT_BATCH = 500
 PAYMENT_FAILED = "past_due"
 PURGE_EVERY = timedelta(days=1)
+CLOSE_EVERY = timedelta(minutes=10)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class BillingService:
         self.interval_s = interval_s
         self.pseudonym_key = pseudonym_key
         self._purged_at: datetime | None = None
+        self._closed_at: datetime | None = None
 
     # --- events ---
 
@@ -233,9 +235,11 @@ class BillingService:
                     await self._stop_team(team_id, report)
         if self.adapter.reports_usage:
             report.reported = await to_thread.run_sync(self.report_usage)
-        finalized = await to_thread.run_sync(self.invoices.close_due)
-        report.invoiced = [r.id for r in finalized]
         now = self.clock.now()
+        if self._closed_at is None or now - self._closed_at >= CLOSE_EVERY:
+            finalized = await to_thread.run_sync(self.invoices.close_due)
+            report.invoiced = [r.id for r in finalized]
+            self._closed_at = now
         if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
             await to_thread.run_sync(self.purge_expired)
             self._purged_at = now
@@ -259,15 +263,19 @@ class BillingService:
                 .where(
                     UsageRecordRow.reported_at.is_(None),
                     UsageRecordRow.mode == "live",
+                    UsageRecordRow.meter == SANDBOX_METER,
                     BillingAccountRow.customer_id.is_not(None),
                 )
                 .limit(REPORT_BATCH)
             ).all()
+            # One Stripe meter with one unit price: the value is compute-unit milliseconds (one
+            # vCPU, or one GiB of memory, for one millisecond), which the default price book
+            # charges alike. Model usage is not sent as meter events (it is on the invoices).
             events = [
                 MeterEvent(
                     identifier=r.id,
                     customer_id=str(customer),
-                    value=r.vcpu_ms + r.mib_ms // 1024 if r.meter == "sandbox" else r.units,
+                    value=r.vcpu_ms + r.mib_ms // 1024,
                     timestamp=int((r.end - EPOCH).total_seconds()),
                 )
                 for r, customer in rows

@@ -151,11 +151,22 @@ class UsageReports:
         )
 
     def csv_rows(
-        self, session: Session, actor: Principal, start: datetime | None, end: datetime | None
+        self, actor: Principal, start: datetime | None, end: datetime | None
     ) -> Iterator[str]:
-        """Every usage record in the range as CSV (cost rounded per record, for reading)."""
+        """Every usage record in the range as CSV chunks (cost rounded per record, for
+        reading). Checks happen at once; rows are read in a session of the iterator's own
+        while the response streams."""
         actor.require(Scope.billing_read)
         start, end = self._range(start, end)
+        return self._csv(actor, start, end)
+
+    def _csv(self, actor: Principal, start: datetime, end: datetime) -> Iterator[str]:
+        with self.billing.db.session() as session:
+            yield from self._csv_in(session, actor, start, end)
+
+    def _csv_in(
+        self, session: Session, actor: Principal, start: datetime, end: datetime
+    ) -> Iterator[str]:
         r = UsageRecordRow
         buf = io.StringIO()
         w = csv.writer(buf)

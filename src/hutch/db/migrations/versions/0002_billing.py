@@ -115,10 +115,14 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_usage_records_team_id_period", ["team_id", "period"], unique=False
         )
+        batch_op.create_index(
+            "ix_usage_records_period_team_id", ["period", "team_id"], unique=False
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_records_period_team_id")
         batch_op.drop_index("ix_usage_records_team_id_period")
         batch_op.drop_index("ix_usage_records_team_id_hour")
         batch_op.drop_index("ix_usage_records_sandbox_id")

@@ -203,3 +203,20 @@ def test_enforcement_can_be_turned_off(make_app: AppFactory, enforce: bool, stat
         assert r.status_code == status, r.text
     finally:
         client.close()
+
+
+def test_low_balance_warns_without_stopping(
+    client: Client, svc: Services, world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(svc.billing.credits, "promo_micros", 6_000_000)  # $6, threshold $5
+    start = clock.now()
+    sid = str(create(client, world.owner.h, vcpu=16, memory_mb=65536)["sandbox_id"])
+    clock.advance(3600)  # $1.64
+    svc.billing.metering.ingest([beat(sid, start, clock.now(), 16, 65536)])
+    report = client.run(svc.billing.tick())
+    assert (report.warned, report.depleted, report.stopped) == ([world.team_id], [], [])
+    summary = client.get("/v1/billing/summary", headers=world.owner.h).json()
+    assert summary["warning"] == "low_balance" and summary["stop_at"] is None
+    assert [e["type"] for e in summary["events"]] == ["low_balance"]
+    assert client.run(svc.billing.tick()).warned == []  # once, not every pass
+    assert client.post("/v1/sandboxes", headers=world.owner.h, json={}).status_code == 201

@@ -13,10 +13,12 @@ from fastapi import FastAPI
 
 from hutch import __version__
 from hutch.api import errors
+from hutch.api.billing_wiring import build_billing
 from hutch.api.deps import Services
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
 from hutch.api.routers import (
+    billing,
     keys,
     projects,
     sandbox_proxy,
@@ -30,6 +32,7 @@ from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
 from hutch.services.authcache import PrincipalCache
+from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock, SystemClock
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
@@ -53,6 +56,7 @@ def build_services(
     db = database or Database(settings.db_url())
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pepper_cfg = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    pepper = load_pepper(settings.data_dir, pepper_cfg)
     sandboxes_svc = SandboxService(
         db,
         runner,
@@ -67,18 +71,24 @@ def build_services(
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
 
+    billing = build_billing(settings, db, clock, sandboxes_svc, pepper)
+    sandboxes_svc.admission = billing.check_create
     return Services(
         settings=settings,
         db=db,
         clock=clock,
-        keys=KeyService(load_pepper(settings.data_dir, pepper_cfg), clock),
-        accounts=AccountService(clock),
+        keys=KeyService(pepper, clock),
+        accounts=AccountService(clock, on_team_created=billing.credits.ensure_account),
         sandboxes=sandboxes_svc,
         idempotency=IdempotencyService(db, clock),
-        reconciler=Reconciler(sandboxes_svc, settings.reconcile_interval_s),
+        reconciler=Reconciler(
+            sandboxes_svc, settings.reconcile_interval_s, metering=billing.metering
+        ),
         runner=runner,
         metrics=Metrics(counts),
         auth_cache=auth_cache,
+        billing=billing,
+        usage=UsageReports(billing, billing.credits.prices),
     )
 
 
@@ -111,6 +121,7 @@ def create_app(
         async with anyio.create_task_group() as tg:
             if background:
                 tg.start_soon(_purge_idempotency, svc)
+                tg.start_soon(svc.billing.run_periodically)
                 if runner is not None:
                     tg.start_soon(svc.reconciler.run_periodically)
                     tg.start_soon(svc.reconciler.consume_events)
@@ -127,7 +138,8 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates):
+    routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates, billing)
+    for module in routers:
         app.include_router(module.router)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics)
     return app

@@ -19,6 +19,8 @@ from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
 from hutch.services.authcache import PrincipalCache
+from hutch.services.billing.service import BillingService
+from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
 from hutch.services.keys import KeyService
@@ -48,6 +50,8 @@ class Services:
     runner: RunnerPort | None
     metrics: Metrics
     auth_cache: PrincipalCache
+    billing: BillingService
+    usage: UsageReports
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -7,7 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach every command group; each group module owns its own commands."""
-    from hutch.cli import accounts, sandbox, serve, template
+    from hutch.cli import accounts, billing, sandbox, serve, template
 
     serve.register(app)
     app.add_typer(sandbox.app, name="sandbox")
@@ -16,3 +16,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(accounts.projects, name="projects")
     app.add_typer(accounts.users, name="users")
     app.command("me")(accounts.me)
+    app.command("usage")(billing.usage)
+    app.add_typer(billing.billing, name="billing")

@@ -155,3 +155,7 @@ class IdempotencyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_idempotency_records_created_at", "created_at"),)
+
+
+# Billing tables live in their own module; importing it registers them on the same metadata.
+from hutch.db import billing as _billing  # noqa: E402,F401

@@ -44,6 +44,7 @@ class Scope(StrEnum):
     members_admin = "members:admin"
     teams_admin = "teams:admin"
     billing_read = "billing:read"
+    billing_write = "billing:write"
     users_admin = "users:admin"
 
 

@@ -83,6 +83,7 @@ class ErrorCode(StrEnum):
     quota_exceeded = "quota_exceeded"
     rate_limited = "rate_limited"
     payment_required = "payment_required"
+    webhook_signature_invalid = "webhook_signature_invalid"
     account_restricted = "account_restricted"
     runner_unavailable = "runner_unavailable"
     internal = "internal"
@@ -117,6 +118,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.quota_exceeded: 429,
     ErrorCode.rate_limited: 429,
     ErrorCode.payment_required: 402,
+    ErrorCode.webhook_signature_invalid: 400,
     ErrorCode.account_restricted: 403,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.internal: 500,

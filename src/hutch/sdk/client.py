@@ -120,6 +120,43 @@ class Hutch:
         """Templates sandboxes can start from."""
         return list(self._list("/v1/templates"))
 
+    # billing
+    def usage(
+        self,
+        group_by: str = "day",
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        project_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Usage grouped by day, project, sandbox or size, with costs in micro-dollars."""
+        params = [("group_by", group_by)]
+        params += [
+            (k, v) for k, v in (("start", start), ("end", end), ("project_id", project_id)) if v
+        ]
+        return self._http.send(_ops.get_json("/v1/billing/usage", tuple(params)))
+
+    def usage_csv(self, *, start: str | None = None, end: str | None = None) -> str:
+        """Every usage record in the range as CSV text."""
+        params = tuple((k, v) for k, v in (("start", start), ("end", end)) if v)
+        return self._http.send(_ops.get_text("/v1/billing/usage.csv", params))
+
+    def billing_summary(self) -> dict[str, Any]:
+        """Balance, cost so far this month, payment method and warnings."""
+        return self._http.send(_ops.get_json("/v1/billing/summary"))
+
+    def credits(self) -> list[dict[str, Any]]:
+        """Credit grants and what is left of them."""
+        return list(self._list("/v1/billing/credits"))
+
+    def invoices(self) -> list[dict[str, Any]]:
+        """This month's upcoming invoice, then finalized ones."""
+        return list(self._list("/v1/billing/invoices"))
+
+    def setup_payment(self) -> dict[str, Any]:
+        """A link to add a payment method (or, offline, invoice terms for administrators)."""
+        return self._http.send(_ops.post_json("/v1/billing/payment-method", {}))
+
     def close(self) -> None:
         """Release HTTP connections."""
         self._http.close()

@@ -274,6 +274,12 @@ class PaymentRequiredError(HutchSDKError):
     default_code = ErrorCode.payment_required
 
 
+class WebhookSignatureError(InvalidRequestError):
+    """A payment-processor webhook did not carry a valid signature."""
+
+    default_code = ErrorCode.webhook_signature_invalid
+
+
 class IsolationUnavailableError(HutchSDKError):
     """The requested isolation class is not available on this installation."""
 

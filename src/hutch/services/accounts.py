@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -73,8 +73,12 @@ def _member_wire(row: MemberRow) -> Member:
 class AccountService:
     """Users, teams, members and projects, with the permission rules that govern them."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(
+        self, clock: Clock, on_team_created: Callable[[Session, str], object] | None = None
+    ) -> None:
         self.clock = clock
+        # Billing opens the team's account (and its welcome credit) in the same transaction.
+        self.on_team_created = on_team_created
 
     def _commit(self, session: Session, conflict: str) -> None:
         try:
@@ -141,6 +145,8 @@ class AccountService:
         session.add(
             MemberRow(team_id=team.id, user_id=actor.user_id, role=Role.owner.value, created_at=now)
         )
+        if self.on_team_created is not None:
+            self.on_team_created(session, team.id)
         session.commit()
         return Team(team_id=team.id, name=team.name, created_at=team.created_at, role=Role.owner)
 
@@ -333,5 +339,7 @@ class AccountService:
                 project,
             ]
         )
+        if self.on_team_created is not None:
+            self.on_team_created(session, team.id)
         session.flush()
         return user.id, project.id

@@ -11,7 +11,13 @@ from hutch.models.common import ErrorCode, HutchError
 S = Scope
 _VIEWER = frozenset({S.sandboxes_read, S.keys_write, S.projects_read, S.members_read})
 _MEMBER = _VIEWER | {S.sandboxes_write}
-_ADMIN = _MEMBER | {S.keys_admin, S.projects_admin, S.members_admin, S.billing_read}
+_ADMIN = _MEMBER | {
+    S.keys_admin,
+    S.projects_admin,
+    S.members_admin,
+    S.billing_read,
+    S.billing_write,
+}
 _OWNER = _ADMIN | {S.teams_admin}
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {

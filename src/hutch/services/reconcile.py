@@ -7,12 +7,16 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 from anyio import to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from hutch.models.common import HutchError, SandboxState
-from hutch.models.events import StateEvent
+from hutch.models.events import StateEvent, UsageHeartbeat
+from hutch.services.metering import MeteringService
 from hutch.services.sandboxes import TERMINAL, SandboxService
 
 log = structlog.get_logger("hutch.reconcile")
+USAGE_QUEUE = 100_000
+USAGE_BATCH = 1000
 
 
 @dataclass
@@ -27,9 +31,15 @@ class ReconcileReport:
 class Reconciler:
     """Compares the runner's sandboxes with the database's and settles every difference."""
 
-    def __init__(self, sandboxes: SandboxService, interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        sandboxes: SandboxService,
+        interval_s: float = 30.0,
+        metering: MeteringService | None = None,
+    ) -> None:
         self.sandboxes = sandboxes
         self.interval_s = interval_s
+        self.metering = metering
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. The runner is listed before the database is read, so a sandbox created in
@@ -92,18 +102,40 @@ class Reconciler:
             await anyio.sleep(self.interval_s)
 
     async def consume_events(self, retry_s: float = 1.0) -> None:
-        """Apply the runner's state events as they come; reconnect (and reconcile) on drops."""
+        """Apply the runner's state events as they come; reconnect (and reconcile) on drops.
+        Usage heartbeats go to metering through a queue, ingested in batches."""
         svc = self.sandboxes
-        while True:
+        send, receive = anyio.create_memory_object_stream[UsageHeartbeat](USAGE_QUEUE)
+        async with anyio.create_task_group() as tg:
+            if self.metering is not None:
+                tg.start_soon(self._ingest_usage, receive)
+            while True:
+                try:
+                    async for event in svc.require_runner().events():
+                        if isinstance(event, StateEvent):
+                            await to_thread.run_sync(svc.apply_event, event)
+                        elif self.metering is not None:
+                            await send.send(event)
+                except Exception as e:
+                    log.warning("runner_events_dropped", error=type(e).__name__)
+                await anyio.sleep(retry_s)
+                try:
+                    # Events may have been missed while disconnected.
+                    await self.reconcile_once()
+                except Exception as e:
+                    log.warning("reconcile_failed", error=type(e).__name__)
+
+    async def _ingest_usage(self, receive: MemoryObjectReceiveStream[UsageHeartbeat]) -> None:
+        """Heartbeats that arrived while the previous batch was written go in one transaction."""
+        assert self.metering is not None
+        async for first in receive:
+            batch = [first]
+            while len(batch) < USAGE_BATCH:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
             try:
-                async for event in svc.require_runner().events():
-                    if isinstance(event, StateEvent):
-                        await to_thread.run_sync(svc.apply_event, event)
-            except Exception as e:
-                log.warning("runner_events_dropped", error=type(e).__name__)
-            await anyio.sleep(retry_s)
-            try:
-                # Events may have been missed while disconnected.
-                await self.reconcile_once()
-            except Exception as e:
-                log.warning("reconcile_failed", error=type(e).__name__)
+                await to_thread.run_sync(self.metering.ingest, batch)
+            except Exception as e:  # e.g. the database restarts: the next heartbeat fills the gap
+                log.warning("usage_ingest_failed", error=type(e).__name__, heartbeats=len(batch))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -94,6 +94,8 @@ class SandboxService:
         # sandbox that ended by other means (timeout, another API process).
         self.live: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._live_lock = threading.Lock()
+        # Billing's check (402 when credit is used up); runs before anything is persisted.
+        self.admission: Callable[[Principal], None] | None = None
 
     def require_runner(self) -> RunnerPort:
         if self.runner is None:
@@ -258,6 +260,8 @@ class SandboxService:
                 f"{self.limits.create_rate_per_minute} per minute",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+        if self.admission is not None:
+            await to_thread.run_sync(self.admission, actor)
         sandbox_id = await to_thread.run_sync(self._admit, actor, req)
         try:
             create = RunnerCreate(sandbox_id=sandbox_id, **req.model_dump(exclude={"metadata"}))
@@ -323,6 +327,25 @@ class SandboxService:
             )
         finally:
             self.inflight.discard(sandbox_id)
+
+    async def stop(self, sandbox_id: str, reason: str) -> bool:
+        """Stop a sandbox on the server's own initiative (e.g. unpaid usage); True if it was
+        active. Persisted as `stopping` first, like a kill."""
+        _, moved = await to_thread.run_sync(
+            lambda: self._transition(sandbox_id, SandboxState.stopping)
+        )
+        if not moved:
+            return False
+        self.inflight.add(sandbox_id)
+        try:
+            await self.kill_on_runner(sandbox_id)
+            await to_thread.run_sync(
+                lambda: self._transition(sandbox_id, SandboxState.stopped, reason=reason)
+            )
+        finally:
+            self.inflight.discard(sandbox_id)
+        log.info("sandbox_stopped_by_server", sandbox_id=sandbox_id, reason=reason)
+        return True
 
     async def set_timeout(self, actor: Principal, sandbox_id: str, req: SetTimeout) -> Sandbox:
         """Set a running sandbox's remaining lifetime."""

@@ -123,6 +123,22 @@ CASES = [
         body=lambda p: {"src": "/home/user/f.txt", "dst": "/home/user/g.txt"},
     ),
     Case("DELETE", SBX + "/files?path=/home/user/f.txt", "member", 204, fresh=("sbx",)),
+    Case("GET", "/v1/billing/summary", "admin", 200, other=200),
+    Case("GET", "/v1/billing/usage?group_by=sandbox", "admin", 200, other=200),
+    Case("GET", "/v1/billing/usage.csv", "admin", 200, other=200),
+    Case("GET", "/v1/billing/credits", "admin", 200, other=200),
+    Case(
+        "POST",
+        "/v1/billing/credits",
+        "root",
+        201,
+        other=403,
+        body=lambda p: {"team_id": p["team"], "amount": "1.5"},
+    ),
+    Case("GET", "/v1/billing/invoices", "admin", 200, other=200),
+    Case("GET", "/v1/billing/invoices/upcoming", "admin", 200, other=200),
+    Case("GET", "/v1/billing/invoices/upcoming/html", "admin", 200, other=200),
+    Case("POST", "/v1/billing/payment-method", "admin", 200, other=200),
 ]
 
 
@@ -246,6 +262,7 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
         ("GET", "/docs"),
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
+        ("POST", "/v1/billing/webhooks/stripe"),  # authenticated by its signature
     }
     covered = {
         (
@@ -256,7 +273,8 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
             .replace("{sbx}", "{sandbox_id}")
             .replace("{target}", "{user_id}")
             .replace("{own_key}", "{key_id}")
-            .replace("{their_key}", "{key_id}"),
+            .replace("{their_key}", "{key_id}")
+            .replace("/upcoming", "/{invoice_id}"),
         )
         for c in CASES
     }

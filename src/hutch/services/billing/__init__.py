@@ -1,0 +1,1 @@
+"""Billing: invoices, enforcement, and the payment-processor seam (Stripe or offline)."""

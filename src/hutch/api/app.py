@@ -20,6 +20,7 @@ from hutch.api.routers import keys, projects, sandbox_proxy, sandboxes, system, 
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.audit import AdminLog, load_signing_key
 from hutch.services.clock import Clock, SystemClock
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
@@ -50,6 +51,12 @@ def build_services(
         Limits(settings.max_concurrent_sandboxes, settings.create_rate_per_minute),
     )
 
+    admin_log = AdminLog(
+        clock,
+        load_signing_key(settings.audit_key_path()),
+        checkpoint_every=settings.audit_checkpoint_every,
+    )
+
     def counts() -> dict[str, int]:
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
@@ -65,6 +72,7 @@ def build_services(
         reconciler=Reconciler(sandboxes_svc, settings.reconcile_interval_s),
         runner=runner,
         metrics=Metrics(counts),
+        admin_log=admin_log,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import anyio
@@ -18,9 +18,10 @@ from hutch.api.metrics import Metrics
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.audit import AdminLog
 from hutch.services.clock import Clock
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
-from hutch.services.keys import KeyService
+from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
 from hutch.services.reconcile import Reconciler
@@ -46,6 +47,7 @@ class Services:
     reconciler: Reconciler
     runner: RunnerPort | None
     metrics: Metrics
+    admin_log: AdminLog
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -70,6 +72,16 @@ def presented_key(conn: HTTPConnection) -> str | None:
     return conn.headers.get("x-api-key") or None
 
 
+def client_ip(conn: HTTPConnection) -> str | None:
+    """The peer address of a request (what the admin log records as its source)."""
+    return conn.client.host if conn.client else None
+
+
+def key_prefix(key: str | None) -> str | None:
+    """The display prefix of a presented key (e.g. sk_live_AbCd): never the key itself."""
+    return key[:DISPLAY_PREFIX_LEN] if key else None
+
+
 def authenticate(svc: Services, key: str | None) -> Principal:
     """Resolve an API key in a short session of its own (blocking: call from a worker thread)."""
     with svc.db.session() as s:
@@ -80,9 +92,11 @@ async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(servi
     """Authenticate the caller (401 problem otherwise)."""
     # Its own session, closed at once: the connection goes back to the pool while a long request
     # (a file download, a command) runs.
-    actor = await run_in_threadpool(authenticate, svc, presented_key(conn))
+    key = presented_key(conn)
+    actor = await run_in_threadpool(authenticate, svc, key)
     conn.state.key_id = actor.key_id
-    return actor
+    conn.state.key_prefix = key_prefix(key)
+    return replace(actor, source_ip=client_ip(conn))
 
 
 DB = Annotated[Session, Depends(get_db)]

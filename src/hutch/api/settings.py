@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from hutch.config import Settings
@@ -15,3 +17,22 @@ class ApiSettings(Settings):
     )
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    audit_signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 key signing admin-log checkpoints; default: DATA_DIR/audit-signing.key"
+        " (created 0600, public half next to it as .pub). Keep a copy of the .pub elsewhere.",
+    )
+    audit_retention_days: int = Field(
+        default=400, ge=365, description="Admin log entries are kept at least this long"
+    )
+    audit_checkpoint_every: int = Field(
+        default=100, ge=1, description="Sign a checkpoint every N admin log entries"
+    )
+    usage_retention_days: int = Field(
+        default=90, ge=1, le=90, description="Raw API usage rows are folded after this many days"
+    )
+    scheduler_tick_s: float = Field(default=30.0, gt=0, description="How often jobs are checked")
+
+    def audit_key_path(self) -> Path:
+        """Where the admin-log checkpoint signing key lives."""
+        return self.audit_signing_key or self.data_dir / "audit-signing.key"

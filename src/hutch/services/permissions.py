@@ -46,6 +46,7 @@ class Principal:
     mode: Mode
     role: Role | None
     scopes: frozenset[Scope]
+    source_ip: str | None = None  # where the request came from (for the admin log)
     rights: frozenset[Scope] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import structlog
@@ -25,11 +26,13 @@ from hutch.services.clock import Clock, SystemClock
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
 from hutch.services.reconcile import Reconciler
+from hutch.services.retention import register_retention_jobs
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import Limits, SandboxService
+from hutch.services.scheduler import Scheduler
+from hutch.services.usage import UsageLog
 
 log = structlog.get_logger("hutch.api")
-PURGE_EVERY_S = 3600.0
 
 
 def build_services(
@@ -61,28 +64,32 @@ def build_services(
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
 
+    idempotency = IdempotencyService(db, clock)
+    usage = UsageLog(db, clock, retention=timedelta(days=settings.usage_retention_days))
+    scheduler = Scheduler(db, clock)
+    register_retention_jobs(
+        scheduler,
+        db=db,
+        admin_log=admin_log,
+        usage=usage,
+        idempotency=idempotency,
+        audit_retention=timedelta(days=settings.audit_retention_days),
+    )
     return Services(
         settings=settings,
         db=db,
         clock=clock,
-        keys=KeyService(load_pepper(settings.data_dir, pepper_cfg), clock),
-        accounts=AccountService(clock),
+        keys=KeyService(load_pepper(settings.data_dir, pepper_cfg), clock, admin_log),
+        accounts=AccountService(clock, admin_log),
         sandboxes=sandboxes_svc,
-        idempotency=IdempotencyService(db, clock),
+        idempotency=idempotency,
         reconciler=Reconciler(sandboxes_svc, settings.reconcile_interval_s),
         runner=runner,
         metrics=Metrics(counts),
         admin_log=admin_log,
+        usage=usage,
+        scheduler=scheduler,
     )
-
-
-async def _purge_idempotency(svc: Services) -> None:
-    while True:
-        try:
-            await to_thread.run_sync(svc.idempotency.purge)
-        except Exception as e:
-            log.warning("idempotency_purge_failed", error=type(e).__name__)
-        await anyio.sleep(PURGE_EVERY_S)
 
 
 def create_app(
@@ -104,7 +111,8 @@ def create_app(
         log.info("api_started", version=__version__, pid=os.getpid(), runner=runner is not None)
         async with anyio.create_task_group() as tg:
             if background:
-                tg.start_soon(_purge_idempotency, svc)
+                tg.start_soon(svc.scheduler.run_forever, settings.scheduler_tick_s)
+                tg.start_soon(svc.usage.run_flusher)
                 if runner is not None:
                     tg.start_soon(svc.reconciler.run_periodically)
                     tg.start_soon(svc.reconciler.consume_events)
@@ -123,5 +131,5 @@ def create_app(
     errors.install(app)
     for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy):
         app.include_router(module.router)
-    app.add_middleware(RequestMiddleware, metrics=svc.metrics)
+    app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage)
     return app

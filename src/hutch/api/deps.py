@@ -27,6 +27,8 @@ from hutch.services.permissions import Principal
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
+from hutch.services.scheduler import Scheduler
+from hutch.services.usage import UsageLog
 
 JSON = "application/json"
 BODY_MAX = 1 << 20  # JSON bodies of account and sandbox routes
@@ -48,6 +50,8 @@ class Services:
     runner: RunnerPort | None
     metrics: Metrics
     admin_log: AdminLog
+    usage: UsageLog
+    scheduler: Scheduler  # other services register their periodic jobs here
 
 
 def services(conn: HTTPConnection) -> Services:

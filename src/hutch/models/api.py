@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch.models.common import IsolationClass, SandboxState, WireModel
 from hutch.models.sandbox import SandboxSpec
@@ -173,6 +173,10 @@ class Project(WireModel):
     team_id: str
     name: str
     created_at: datetime
+    audit_exec: bool = Field(
+        default=False,
+        description="Keep an exec audit trail (command name, exit code, times; never content)",
+    )
 
 
 class ProjectCreate(WireModel):
@@ -183,9 +187,18 @@ class ProjectCreate(WireModel):
 
 
 class ProjectUpdate(WireModel):
-    """Rename a project."""
+    """Rename a project and/or change its settings (fields left out stay as they are)."""
 
-    name: str = NAME_FIELD
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+    audit_exec: bool | None = Field(
+        default=None, description="Record each exec's command name, exit code and times"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> ProjectUpdate:
+        if self.name is None and self.audit_exec is None:
+            raise ValueError("give at least one of: name, audit_exec")
+        return self
 
 
 # --- API keys ---

@@ -22,12 +22,14 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from hutch.db.audit import AdminLogCheckpointRow, AdminLogHeadRow, AdminLogRow
 from hutch.ids import new_id
 from hutch.services.clock import Clock
+from hutch.services.permissions import Principal
 
 log = structlog.get_logger("hutch.audit")
 
@@ -157,6 +159,13 @@ def _entry(row: AdminLogRow) -> Entry:
     )
 
 
+def _insert_head(session: Session) -> Any:
+    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS}
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(AdminLogHeadRow).values(**values).on_conflict_do_nothing()
+    return sqlite_insert(AdminLogHeadRow).values(**values).on_conflict_do_nothing()
+
+
 class AdminLog:
     """Append-only, hash-chained log of administrative actions.
 
@@ -192,20 +201,45 @@ class AdminLog:
         """Append an entry in the caller's transaction (the caller commits). `details` holds
         short names and ids only: never secret values, keys or request bodies."""
         clean = {str(k)[:64]: str(v)[:MAX_DETAIL_LEN] for k, v in (details or {}).items()}
-        seq, prev = self._lock_head(session)
-        row = AdminLogRow(
-            seq=seq,
-            id=new_id("aud"),
-            at=self.clock.now(),
-            actor_user_id=actor_user_id,
+        # The caller's pending rows are flushed by its own commit (where it handles conflicts).
+        with session.no_autoflush:
+            return self._append(
+                session,
+                AdminLogRow(
+                    id=new_id("aud"),
+                    at=self.clock.now(),
+                    actor_user_id=actor_user_id,
+                    action=action,
+                    target_type=target_type,
+                    target_id=target_id,
+                    source_ip=source_ip,
+                    details=clean,
+                ),
+            )
+
+    def record_for(
+        self,
+        session: Session,
+        actor: Principal,
+        action: str,
+        target_type: str,
+        target_id: str,
+        details: dict[str, str] | None = None,
+    ) -> Entry:
+        """`record` for an action taken by an authenticated caller."""
+        return self.record(
+            session,
+            actor_user_id=actor.user_id,
             action=action,
             target_type=target_type,
             target_id=target_id,
-            source_ip=source_ip,
-            details=clean,
-            prev_hash=prev,
-            hash="",
+            source_ip=actor.source_ip,
+            details=details,
         )
+
+    def _append(self, session: Session, row: AdminLogRow) -> Entry:
+        seq, prev = self._lock_head(session)
+        row.seq, row.prev_hash = seq, prev
         row.hash = entry_hash(row)
         session.add(row)
         session.execute(
@@ -213,7 +247,6 @@ class AdminLog:
         )
         if self.checkpoint_every and seq % self.checkpoint_every == 0:
             self._sign(session, seq, row.hash)
-        session.flush()
         return _entry(row)
 
     def _lock_head(self, session: Session) -> tuple[int, str]:
@@ -221,11 +254,8 @@ class AdminLog:
         before anything is read, so two writers never see the same head."""
         bump = update(AdminLogHeadRow).where(AdminLogHeadRow.id == HEAD_ID)
         if session.execute(bump.values(seq=AdminLogHeadRow.seq + 1)).rowcount == 0:  # type: ignore[attr-defined]
-            try:
-                with session.begin_nested():
-                    session.add(AdminLogHeadRow(id=HEAD_ID, seq=0, hash=GENESIS))
-            except IntegrityError:
-                pass  # another writer created it first
+            # The very first entry: create the head (a concurrent first writer may win).
+            session.execute(_insert_head(session))
             session.execute(bump.values(seq=AdminLogHeadRow.seq + 1))
         seq, prev = session.execute(
             select(AdminLogHeadRow.seq, AdminLogHeadRow.hash).where(AdminLogHeadRow.id == HEAD_ID)

@@ -28,6 +28,7 @@ from hutch.models.api import (
 )
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.accounts import role_of
+from hutch.services.audit import AdminLog
 from hutch.services.clock import Clock
 from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal, forbidden, role_scopes
@@ -107,9 +108,16 @@ def _not_found(what: str = "API key") -> HutchError:
 class KeyService:
     """Issue, authenticate, list, rotate and revoke API keys."""
 
-    def __init__(self, pepper: bytes, clock: Clock) -> None:
+    def __init__(self, pepper: bytes, clock: Clock, admin_log: AdminLog | None = None) -> None:
         self._pepper = pepper
         self.clock = clock
+        self.admin_log = admin_log
+
+    def _audit(
+        self, session: Session, actor: Principal, action: str, key_id: str, details: dict[str, str]
+    ) -> None:
+        if self.admin_log is not None:
+            self.admin_log.record_for(session, actor, action, "api_key", key_id, details)
 
     def hash(self, key: str) -> str:
         """HMAC-SHA256 of a key with the server pepper: the only form ever stored."""
@@ -244,6 +252,13 @@ class KeyService:
             mode=req.mode,
             scopes=scopes,
         )
+        self._audit(
+            session,
+            actor,
+            "key.create",
+            row.id,
+            {"user_id": user_id, "project_id": project_id, "mode": req.mode.value},
+        )
         session.commit()
         return ApiKeyCreated(**to_wire(row).model_dump(), key=raw)
 
@@ -286,6 +301,9 @@ class KeyService:
         grace_end = now + timedelta(seconds=req.grace_s)
         old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
         old.replaced_by = new.id
+        self._audit(
+            session, actor, "key.rotate", old.id, {"successor": new.id, "grace_s": str(req.grace_s)}
+        )
         session.commit()
         return ApiKeyCreated(**to_wire(new).model_dump(), key=raw)
 
@@ -294,6 +312,7 @@ class KeyService:
         row = self._editable(session, actor, key_id)
         if row.revoked_at is None:
             row.revoked_at = self.clock.now()
+            self._audit(session, actor, "key.revoke", row.id, {"user_id": row.user_id})
         session.commit()
 
 

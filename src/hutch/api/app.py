@@ -17,12 +17,23 @@ from hutch.api import errors
 from hutch.api.deps import Services
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
-from hutch.api.routers import keys, projects, sandbox_proxy, sandboxes, system, teams, users
+from hutch.api.routers import (
+    admin,
+    audit,
+    keys,
+    projects,
+    sandbox_proxy,
+    sandboxes,
+    system,
+    teams,
+    users,
+)
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
 from hutch.services.audit import AdminLog, load_signing_key
 from hutch.services.clock import Clock, SystemClock
+from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
 from hutch.services.reconcile import Reconciler
@@ -30,6 +41,7 @@ from hutch.services.retention import register_retention_jobs
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import Limits, SandboxService
 from hutch.services.scheduler import Scheduler
+from hutch.services.suspensions import SuspensionService
 from hutch.services.usage import UsageLog
 
 log = structlog.get_logger("hutch.api")
@@ -89,6 +101,8 @@ def build_services(
         admin_log=admin_log,
         usage=usage,
         scheduler=scheduler,
+        exec_audit=ExecAudit(db, clock),
+        suspensions=SuspensionService(clock, admin_log, sandboxes_svc),
     )
 
 
@@ -129,7 +143,7 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy):
+    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy, audit, admin):
         app.include_router(module.router)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage)
     return app

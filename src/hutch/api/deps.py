@@ -20,6 +20,7 @@ from hutch.db.session import Database
 from hutch.services.accounts import AccountService
 from hutch.services.audit import AdminLog
 from hutch.services.clock import Clock
+from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
 from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
@@ -28,6 +29,7 @@ from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
 from hutch.services.scheduler import Scheduler
+from hutch.services.suspensions import SuspensionService
 from hutch.services.usage import UsageLog
 
 JSON = "application/json"
@@ -52,6 +54,8 @@ class Services:
     admin_log: AdminLog
     usage: UsageLog
     scheduler: Scheduler  # other services register their periodic jobs here
+    exec_audit: ExecAudit
+    suspensions: SuspensionService
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -84,6 +84,7 @@ class ErrorCode(StrEnum):
     rate_limited = "rate_limited"
     payment_required = "payment_required"
     account_restricted = "account_restricted"
+    account_suspended = "account_suspended"
     runner_unavailable = "runner_unavailable"
     internal = "internal"
 
@@ -118,6 +119,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.rate_limited: 429,
     ErrorCode.payment_required: 402,
     ErrorCode.account_restricted: 403,
+    ErrorCode.account_suspended: 403,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.internal: 500,
 }

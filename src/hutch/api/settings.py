@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from hutch.config import Settings
 
@@ -32,6 +32,20 @@ class ApiSettings(Settings):
         default=90, ge=1, le=90, description="Raw API usage rows are folded after this many days"
     )
     scheduler_tick_s: float = Field(default=30.0, gt=0, description="How often jobs are checked")
+
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain; with tls_key, serve HTTPS"
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls13_only: bool = Field(default=False, description="Refuse TLS versions before 1.3")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (HUTCH_TLS_CERT, HUTCH_TLS_KEY)")
+        if self.tls13_only and self.tls_cert is None:
+            raise ValueError("tls13_only needs tls_cert and tls_key")
+        return self
 
     def audit_key_path(self) -> Path:
         """Where the admin-log checkpoint signing key lives."""

@@ -305,6 +305,21 @@ def post_json(path: str, body: dict[str, Any]) -> Call[Any]:
     return Call("POST", path, _json, json=body, idempotent=False)
 
 
+def get_text(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[str]:
+    """GET a text document (exports)."""
+    return Call("GET", path, lambda r: r.text, params=params, timeout=None)
+
+
+def post_no_content(path: str, body: dict[str, Any]) -> Call[None]:
+    """POST an action answered with 204."""
+    return no_content("POST", path, json=body)
+
+
+def patch_json(path: str, body: dict[str, Any]) -> Call[Any]:
+    """PATCH a resource (the same body twice gives the same result)."""
+    return Call("PATCH", path, _json, json=body)
+
+
 def delete(path: str) -> Call[None]:
     """DELETE a resource."""
     return no_content("DELETE", path)

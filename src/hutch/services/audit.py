@@ -37,6 +37,7 @@ GENESIS = "0" * 64
 HEAD_ID = 1
 CHECKPOINT_EVERY = 100  # entries between checkpoints written by the append itself
 MAX_DETAIL_LEN = 500
+MIN_RETENTION = timedelta(days=365)  # the promise: admin actions are kept at least a year
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -289,6 +290,8 @@ class AdminLog:
     def prune(self, session: Session, *, older_than: timedelta) -> int:
         """Delete entries older than `older_than`, keeping a signed checkpoint on the last one
         deleted as the anchor of what remains (commits). Returns how many were deleted."""
+        if older_than < MIN_RETENTION:
+            raise ValueError("admin log entries are kept at least 365 days")
         cutoff = self.clock.now() - older_than
         # Only a prefix of the chain goes, so what remains is still one unbroken chain.
         first_kept = session.scalar(

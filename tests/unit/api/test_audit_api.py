@@ -233,3 +233,39 @@ def test_usage_log_is_written_off_the_request_path_then_folded(
         "latency_us_sum",
     }
     assert svc.usage.fold() == 0
+
+
+def test_the_apps_scheduler_runs_every_retention_job(
+    client: Client, svc: Services, world: World, clock: FakeClock
+) -> None:
+    import anyio
+
+    from hutch.db.audit import AdminLogCheckpointRow
+    from hutch.db.models import IdempotencyRow
+
+    svc.usage.flush()
+    assert set(svc.scheduler.jobs) >= {
+        "idempotency_purge",
+        "usage_fold",
+        "admin_log_checkpoint",
+        "admin_log_prune",
+    }
+    idem = {**world.owner.h, "Idempotency-Key": "k1"}
+    assert client.post("/v1/keys", headers=idem, json={"name": "old"}).status_code == 201
+    client.get("/v1/me", headers=world.owner.h)
+    svc.usage.flush()
+    clock.advance(401 * 86400)
+    client.post("/v1/keys", headers=world.owner.h, json={"name": "new"})
+    ran = anyio.run(svc.scheduler.run_due)
+    assert sorted(ran) == sorted(svc.scheduler.jobs)
+    with svc.db.session() as s:
+        assert s.scalars(select(IdempotencyRow)).all() == []
+        assert s.scalars(select(UsageRow)).all() == []
+        assert s.scalar(select(UsageDailyRow.count).where(UsageDailyRow.route == "/v1/me")) == 1
+        actions = [r.action for r in s.scalars(select(AdminLogRow).order_by(AdminLogRow.seq))]
+        head = s.scalars(select(AdminLogCheckpointRow.seq)).all()
+    assert actions == ["key.create", "audit.prune"]  # the 401-day-old entry went
+    assert head  # a signed checkpoint covers the head
+    v = client.get("/v1/audit/admin-log/verify", headers=world.root.h).json()
+    assert v["ok"] is True and v["first_seq"] == 2, v
+    assert anyio.run(svc.scheduler.run_due) == []  # nothing is due again at the same time

@@ -68,6 +68,7 @@ class ExecAuditRow(Base):
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID)
+    mode: Mapped[str] = mapped_column(String(8))
     sandbox_id: Mapped[str] = mapped_column(ID)
     command: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))

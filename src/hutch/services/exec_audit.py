@@ -63,6 +63,7 @@ class ExecAudit:
         sandbox_id: str,
         argv0: str,
         kind: str,
+        mode: str = "live",
         pid: int | None = None,
         started_at: datetime | None = None,
         exit_code: int | None = None,
@@ -72,6 +73,7 @@ class ExecAudit:
         row = ExecAuditRow(
             id=new_id("aud"),
             project_id=project_id,
+            mode=mode,
             sandbox_id=sandbox_id,
             command=command_name(argv0),
             kind=kind,
@@ -116,12 +118,15 @@ class ExecAudit:
         self,
         project_id: str,
         *,
+        mode: str | None,
         sandbox_id: str | None,
         command: str | None,
         since: datetime | None,
         until: datetime | None,
     ) -> Select[ExecAuditRow]:
         stmt = select(ExecAuditRow).where(ExecAuditRow.project_id == project_id)
+        if mode is not None:  # test-mode keys see only test-mode sandboxes' commands
+            stmt = stmt.where(ExecAuditRow.mode == mode)
         if sandbox_id is not None:
             stmt = stmt.where(ExecAuditRow.sandbox_id == sandbox_id)
         if command is not None:
@@ -138,6 +143,7 @@ class ExecAudit:
         *,
         limit: int,
         cursor: str | None,
+        mode: str | None = None,
         sandbox_id: str | None = None,
         command: str | None = None,
         since: datetime | None = None,
@@ -145,7 +151,7 @@ class ExecAudit:
     ) -> Page[ExecRecord]:
         """One page, newest first."""
         stmt = self._query(
-            project_id, sandbox_id=sandbox_id, command=command, since=since, until=until
+            project_id, mode=mode, sandbox_id=sandbox_id, command=command, since=since, until=until
         )
         with self.db.session() as s:
             rows, nxt = paginate(s, stmt, ExecAuditRow.id, limit=limit, cursor=cursor)
@@ -156,6 +162,7 @@ class ExecAudit:
         project_id: str,
         fmt: str,
         *,
+        mode: str | None = None,
         sandbox_id: str | None = None,
         command: str | None = None,
         since: datetime | None = None,
@@ -163,7 +170,7 @@ class ExecAudit:
     ) -> Iterator[str]:
         """Every matching record, oldest first, as JSON Lines or CSV (with a header)."""
         stmt = self._query(
-            project_id, sandbox_id=sandbox_id, command=command, since=since, until=until
+            project_id, mode=mode, sandbox_id=sandbox_id, command=command, since=since, until=until
         ).order_by(ExecAuditRow.id)
         if fmt == "csv":
             yield _csv_line(CSV_FIELDS)

@@ -71,3 +71,13 @@ def test_background_and_stream_records_are_finished_later(database: Database) ->
     got = {r.id: r for r in audit.list("p", limit=10, cursor=None).items}
     assert (got[bg].exit_code, got[bg].ended_at) == (0, clock.now())
     assert (got[st].pid, got[st].exit_code) == (8, 3)
+
+
+def test_test_mode_and_live_mode_trails_are_apart(database: Database) -> None:
+    audit = ExecAudit(database, FakeClock())
+    audit.start(project_id="p", sandbox_id="s1", argv0="live", kind="exec", mode="live")
+    audit.start(project_id="p", sandbox_id="s2", argv0="test", kind="exec", mode="test")
+    for mode in ("live", "test"):
+        items = audit.list("p", limit=10, cursor=None, mode=mode).items
+        assert [i.command for i in items] == [mode]
+        assert [json.loads(x)["command"] for x in audit.export("p", "jsonl", mode=mode)] == [mode]

@@ -49,6 +49,7 @@ def list_execs(
     actor.require(Scope.projects_admin)
     return svc.exec_audit.list(
         actor.project_id,
+        mode=actor.mode.value,
         limit=page.limit,
         cursor=page.cursor,
         sandbox_id=sandbox_id,
@@ -82,6 +83,7 @@ async def export_execs(
     lines = svc.exec_audit.export(
         actor.project_id,
         format.value,
+        mode=actor.mode.value,
         sandbox_id=sandbox_id,
         command=command,
         since=since,

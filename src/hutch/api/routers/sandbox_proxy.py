@@ -42,6 +42,7 @@ from hutch.models.exec import (
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
+from hutch.services.permissions import Principal
 from hutch.services.runner_port import RunnerPort, RunnerSocket
 
 # No router-wide body limit: uploads stream without one (the runner enforces disk quotas).
@@ -142,7 +143,12 @@ async def _audit_exec(
     argv0 = body.argv()[0]
     return await run_in_threadpool(
         lambda: svc.exec_audit.start(
-            project_id=actor.project_id, sandbox_id=sandbox_id, argv0=argv0, kind=kind, **fields
+            project_id=actor.project_id,
+            mode=actor.mode.value,
+            sandbox_id=sandbox_id,
+            argv0=argv0,
+            kind=kind,
+            **fields,
         )
     )
 
@@ -293,9 +299,10 @@ class StreamAudit:
     """Reads the control frames of one audited exec stream: argv[0] from the start frame, the
     pid and exit code from the runner's frames. Output and input frames are not looked at."""
 
-    def __init__(self, svc: Services, project_id: str, sandbox_id: str) -> None:
+    def __init__(self, svc: Services, actor: Principal, sandbox_id: str) -> None:
         self.svc = svc
-        self.project_id = project_id
+        self.project_id = actor.project_id
+        self.mode = actor.mode.value
         self.sandbox_id = sandbox_id
         self.record_id: str | None = None
         self.done = False
@@ -312,6 +319,7 @@ class StreamAudit:
             self.record_id = await run_in_threadpool(
                 lambda: self.svc.exec_audit.start(
                     project_id=self.project_id,
+                    mode=self.mode,
                     sandbox_id=self.sandbox_id,
                     argv0=argv0,
                     kind="stream",
@@ -393,7 +401,7 @@ async def exec_stream(ws: WebSocket, sandbox_id: SandboxId, svc: Svc) -> None:
             runner = svc.sandboxes.require_runner()
             audit = None
             if await run_in_threadpool(svc.exec_audit.enabled, actor.project_id):
-                audit = StreamAudit(svc, actor.project_id, sandbox_id)
+                audit = StreamAudit(svc, actor, sandbox_id)
             path = f"/v1/sandboxes/{sandbox_id}/exec/stream"
             upstream = await stack.enter_async_context(runner.websocket(path))
         except HutchError as e:

@@ -60,6 +60,7 @@ def upgrade() -> None:
         "exec_audit",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("project_id", sa.String(length=40), nullable=False),
+        sa.Column("mode", sa.String(length=8), nullable=False),
         sa.Column("sandbox_id", sa.String(length=40), nullable=False),
         sa.Column("command", sa.String(length=255), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),

@@ -52,6 +52,8 @@ MAX_METADATA_VALUE_LEN = 512
 METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _METADATA_KEY_RE = re.compile(METADATA_KEY_PATTERN)
 NAME_FIELD = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+# Ids in bodies: printable ASCII without spaces (a NUL byte would reach the database otherwise).
+ID_PATTERN = r"^[\x21-\x7e]+$"
 
 
 def check_metadata(v: dict[str, str]) -> dict[str, str]:
@@ -156,7 +158,7 @@ class Member(WireModel):
 class MemberAdd(WireModel):
     """Add a user to a team."""
 
-    user_id: str = Field(min_length=1, max_length=64)
+    user_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
     role: Role = Role.member
 
 
@@ -183,7 +185,7 @@ class ProjectCreate(WireModel):
     """Create a project (in the caller's team unless `team_id` names another of theirs)."""
 
     name: str = NAME_FIELD
-    team_id: str | None = Field(default=None, max_length=64)
+    team_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
 
 
 class ProjectUpdate(WireModel):
@@ -235,8 +237,12 @@ class ApiKeyCreate(WireModel):
     name: str = NAME_FIELD
     mode: Mode = Mode.live
     scopes: list[Scope] | None = Field(default=None, max_length=len(Scope))
-    user_id: str | None = Field(default=None, max_length=64, description="Default: the caller")
-    project_id: str | None = Field(default=None, max_length=64, description="Default: the key's")
+    user_id: str | None = Field(
+        default=None, max_length=64, pattern=ID_PATTERN, description="Default: the caller"
+    )
+    project_id: str | None = Field(
+        default=None, max_length=64, pattern=ID_PATTERN, description="Default: the key's"
+    )
 
 
 class ApiKeyRotate(WireModel):

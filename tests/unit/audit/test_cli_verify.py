@@ -50,3 +50,16 @@ def test_verify_command_reports_intact_then_tampered(database: Database, tmp_pat
     assert r.exit_code == 1 and "TAMPERED" in r.output
     r = CliRunner().invoke(app, ["audit", "verify", "--public-key", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "cannot read the public key" in r.output
+
+
+def test_audit_and_suspension_commands_are_registered() -> None:
+    run = CliRunner()
+    assert "audit" in run.invoke(app, ["--help"]).output
+    audit = run.invoke(app, ["audit", "--help"]).output
+    assert all(cmd in audit for cmd in ("verify", "execs", "log"))
+    users = run.invoke(app, ["users", "--help"]).output
+    assert all(cmd in users for cmd in ("suspend", "unsuspend", "terminate"))
+    projects = run.invoke(app, ["projects", "update", "--help"]).output
+    assert "--audit-exec" in projects
+    serve = run.invoke(app, ["serve", "--help"]).output
+    assert all(opt in serve for opt in ("--tls-cert", "--tls-key", "--tls13-only"))

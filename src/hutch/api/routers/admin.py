@@ -10,12 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from hutch.api.deps import BODY_MAX, DB, Actor, Svc
 from hutch.api.errors import PROBLEM_RESPONSES
+from hutch.models.api import ID_PATTERN
 from hutch.models.audit import SubjectType, SuspendRequest, Suspension
 
 router = APIRouter(
     prefix="/v1/admin", tags=["admin"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
 )
-SubjectId = Annotated[str, Path(max_length=64)]
+SubjectId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 
 
 class Subjects(StrEnum):

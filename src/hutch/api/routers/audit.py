@@ -19,8 +19,13 @@ from hutch.services.audit_verify import verify
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=PROBLEM_RESPONSES)
 
-SandboxFilter = Annotated[str | None, Query(max_length=64, description="Only this sandbox")]
-CommandFilter = Annotated[str | None, Query(max_length=255, description="Only this command name")]
+NO_NUL = r"^[^\x00]+$"
+SandboxFilter = Annotated[
+    str | None, Query(max_length=64, pattern=NO_NUL, description="Only this sandbox")
+]
+CommandFilter = Annotated[
+    str | None, Query(max_length=255, pattern=NO_NUL, description="Only this command name")
+]
 Since = Annotated[datetime | None, Query(description="Started at or after (ISO 8601)")]
 Until = Annotated[datetime | None, Query(description="Started before (ISO 8601)")]
 
@@ -105,10 +110,10 @@ def list_admin_log(
     after_seq: Annotated[
         int | None, Query(ge=0, description="next_after_seq of the last page")
     ] = None,
-    target_type: Annotated[str | None, Query(max_length=32)] = None,
-    target_id: Annotated[str | None, Query(max_length=100)] = None,
-    actor_user_id: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    target_type: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
+    target_id: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
+    actor_user_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
 ) -> AdminLogPage:
     """Admin log entries in chain order (server administrators)."""
     actor.require(Scope.users_admin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import structlog
@@ -18,6 +19,8 @@ from hutch.api.deps import Services
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
 from hutch.api.routers import (
+    admin,
+    audit,
     billing,
     keys,
     projects,
@@ -31,17 +34,23 @@ from hutch.api.routers import (
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.audit import AdminLog, load_signing_key
 from hutch.services.authcache import PrincipalCache
 from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock, SystemClock
+from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
 from hutch.services.reconcile import Reconciler
+from hutch.services.retention import register_retention_jobs
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import Limits, SandboxService
+from hutch.services.scheduler import Scheduler
+from hutch.services.suspensions import SuspensionService
+from hutch.services.usage import UsageLog
 
 log = structlog.get_logger("hutch.api")
-PURGE_EVERY_S = 3600.0
+BILLING_LEASE = timedelta(minutes=10)  # longer than any billing pass
 
 
 def build_services(
@@ -66,6 +75,11 @@ def build_services(
 
     auth_cache = PrincipalCache(settings.auth_cache_s, clock)
     auth_cache.watch(db.sessions)
+    admin_log = AdminLog(
+        clock,
+        load_signing_key(settings.audit_key_path()),
+        checkpoint_every=settings.audit_checkpoint_every,
+    )
 
     def counts() -> dict[str, int]:
         with db.session() as s:
@@ -73,14 +87,31 @@ def build_services(
 
     billing = build_billing(settings, db, clock, sandboxes_svc, pepper)
     sandboxes_svc.admission = billing.check_create
+    idempotency = IdempotencyService(db, clock)
+    usage = UsageLog(db, clock, retention=timedelta(days=settings.usage_retention_days))
+    scheduler = Scheduler(db, clock)
+    register_retention_jobs(
+        scheduler,
+        db=db,
+        admin_log=admin_log,
+        usage=usage,
+        idempotency=idempotency,
+        audit_retention=timedelta(days=settings.audit_retention_days),
+    )
+    # Enforcement, usage reporting and invoicing: once per interval across all API processes.
+    scheduler.register(
+        "billing", timedelta(seconds=settings.billing_interval_s), billing.tick, lease=BILLING_LEASE
+    )
     return Services(
         settings=settings,
         db=db,
         clock=clock,
-        keys=KeyService(pepper, clock),
-        accounts=AccountService(clock, on_team_created=billing.credits.ensure_account),
+        keys=KeyService(pepper, clock, admin_log),
+        accounts=AccountService(
+            clock, admin_log, on_team_created=billing.credits.ensure_account
+        ),
         sandboxes=sandboxes_svc,
-        idempotency=IdempotencyService(db, clock),
+        idempotency=idempotency,
         reconciler=Reconciler(
             sandboxes_svc, settings.reconcile_interval_s, metering=billing.metering
         ),
@@ -89,16 +120,12 @@ def build_services(
         auth_cache=auth_cache,
         billing=billing,
         usage=UsageReports(billing, billing.credits.prices),
+        admin_log=admin_log,
+        usage_log=usage,
+        scheduler=scheduler,
+        exec_audit=ExecAudit(db, clock),
+        suspensions=SuspensionService(clock, admin_log, sandboxes_svc),
     )
-
-
-async def _purge_idempotency(svc: Services) -> None:
-    while True:
-        try:
-            await to_thread.run_sync(svc.idempotency.purge)
-        except Exception as e:
-            log.warning("idempotency_purge_failed", error=type(e).__name__)
-        await anyio.sleep(PURGE_EVERY_S)
 
 
 def create_app(
@@ -120,8 +147,8 @@ def create_app(
         log.info("api_started", version=__version__, pid=os.getpid(), runner=runner is not None)
         async with anyio.create_task_group() as tg:
             if background:
-                tg.start_soon(_purge_idempotency, svc)
-                tg.start_soon(svc.billing.run_periodically)
+                tg.start_soon(svc.scheduler.run_forever, settings.scheduler_tick_s)
+                tg.start_soon(svc.usage_log.run_flusher)
                 if runner is not None:
                     tg.start_soon(svc.reconciler.run_periodically)
                     tg.start_soon(svc.reconciler.consume_events)
@@ -138,8 +165,8 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates, billing)
-    for module in routers:
+    routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates)
+    for module in (*routers, billing, audit, admin):
         app.include_router(module.router)
-    app.add_middleware(RequestMiddleware, metrics=svc.metrics)
+    app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage_log)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import anyio
@@ -18,17 +18,22 @@ from hutch.api.metrics import Metrics
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
+from hutch.services.audit import AdminLog
 from hutch.services.authcache import PrincipalCache
 from hutch.services.billing.service import BillingService
 from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock
+from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
-from hutch.services.keys import KeyService
+from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
+from hutch.services.scheduler import Scheduler
+from hutch.services.suspensions import SuspensionService
+from hutch.services.usage import UsageLog
 
 JSON = "application/json"
 BODY_MAX = 1 << 20  # JSON bodies of account and sandbox routes
@@ -52,6 +57,11 @@ class Services:
     auth_cache: PrincipalCache
     billing: BillingService
     usage: UsageReports
+    admin_log: AdminLog
+    usage_log: UsageLog
+    scheduler: Scheduler  # other services register their periodic jobs here
+    exec_audit: ExecAudit
+    suspensions: SuspensionService
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -74,6 +84,16 @@ def presented_key(conn: HTTPConnection) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return conn.headers.get("x-api-key") or None
+
+
+def client_ip(conn: HTTPConnection) -> str | None:
+    """The peer address of a request (what the admin log records as its source)."""
+    return conn.client.host if conn.client else None
+
+
+def key_prefix(key: str | None) -> str | None:
+    """The display prefix of a presented key (e.g. sk_live_AbCd): never the key itself."""
+    return key[:DISPLAY_PREFIX_LEN] if key else None
 
 
 def authenticate(svc: Services, key: str | None) -> Principal:
@@ -100,9 +120,11 @@ async def resolve_key(svc: Services, key: str | None) -> Principal:
 
 async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(services)]) -> Principal:
     """Authenticate the caller (401 problem otherwise)."""
-    actor = await resolve_key(svc, presented_key(conn))
+    key = presented_key(conn)
+    actor = await resolve_key(svc, key)
     conn.state.key_id = actor.key_id
-    return actor
+    conn.state.key_prefix = key_prefix(key)
+    return replace(actor, source_ip=client_ip(conn))
 
 
 DB = Annotated[Session, Depends(get_db)]

@@ -11,9 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hutch.api.metrics import Metrics
 from hutch.ids import new_id
 from hutch.models.common import ErrorCode, HutchError
+from hutch.services.usage import UsageLog, UsageRecord
 
 log = structlog.get_logger("hutch.api")
 UNMATCHED = "<unmatched>"
+UNLOGGED = frozenset({"/metrics", "/healthz"})
 PROBLEM_JSON = b"application/problem+json"
 TOO_LARGE = (
     HutchError(ErrorCode.invalid_request, "the request body is too large", status=413)
@@ -32,9 +34,10 @@ def route_template(scope: Scope) -> str:
 class RequestMiddleware:
     """Pure ASGI middleware (no body buffering, so streaming stays streaming)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, usage: UsageLog | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.usage = usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -74,6 +77,20 @@ class RequestMiddleware:
             if route != "/metrics":
                 self.metrics.observe(method, route, status, elapsed)
             state = scope.get("state") or {}
+            if self.usage is not None and route not in UNLOGGED:
+                # Queued in memory; a background task writes batches (no database write here).
+                sandbox_id = (scope.get("path_params") or {}).get("sandbox_id")
+                self.usage.add(
+                    UsageRecord(
+                        at=self.usage.clock.now(),
+                        key_prefix=state.get("key_prefix"),
+                        method=str(method)[:8],
+                        route=route[:200],
+                        status=status,
+                        latency_us=int(elapsed * 1_000_000),
+                        sandbox_id=str(sandbox_id)[:64] if sandbox_id else None,
+                    )
+                )
             log.info(
                 "request",
                 request_id=request_id,

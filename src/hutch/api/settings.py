@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from hutch.config import Settings
 
@@ -43,3 +43,36 @@ class ApiSettings(Settings):
     stripe_meter_event: str = "hutch_usage"
     billing_success_url: str = "http://127.0.0.1:8787/"
     billing_cancel_url: str = "http://127.0.0.1:8787/"
+    audit_signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 key signing admin-log checkpoints; default: DATA_DIR/audit-signing.key"
+        " (created 0600, public half next to it as .pub). Keep a copy of the .pub elsewhere.",
+    )
+    audit_retention_days: int = Field(
+        default=400, ge=365, description="Admin log entries are kept at least this long"
+    )
+    audit_checkpoint_every: int = Field(
+        default=100, ge=1, description="Sign a checkpoint every N admin log entries"
+    )
+    usage_retention_days: int = Field(
+        default=90, ge=1, le=90, description="Raw API usage rows are folded after this many days"
+    )
+    scheduler_tick_s: float = Field(default=5.0, gt=0, description="How often jobs are checked")
+
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain; with tls_key, serve HTTPS"
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls13_only: bool = Field(default=False, description="Refuse TLS versions before 1.3")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (HUTCH_TLS_CERT, HUTCH_TLS_KEY)")
+        if self.tls13_only and self.tls_cert is None:
+            raise ValueError("tls13_only needs tls_cert and tls_key")
+        return self
+
+    def audit_key_path(self) -> Path:
+        """Where the admin-log checkpoint signing key lives."""
+        return self.audit_signing_key or self.data_dir / "audit-signing.key"

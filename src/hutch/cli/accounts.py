@@ -24,7 +24,7 @@ KEY_COLUMNS = (
     "expires_at",
     "revoked_at",
 )
-PROJECT_COLUMNS = ("project_id", "name", "team_id", "created_at")
+PROJECT_COLUMNS = ("project_id", "name", "team_id", "audit_exec", "created_at")
 USER_COLUMNS = ("user_id", "email", "name", "is_admin", "created_at")
 
 
@@ -135,6 +135,27 @@ def projects_create(
     extra = {"team_id": team} if team else {}
     with _client(api_url, api_key) as h:
         _show(h.create_project(name, **extra), json_out, PROJECT_COLUMNS)
+
+
+@projects.command("update")
+@c.handle_errors
+def projects_update(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    audit_exec: Annotated[
+        bool | None,
+        typer.Option("--audit-exec/--no-audit-exec", help="Keep the exec audit trail."),
+    ] = None,
+    api_url: c.ApiUrl = None,
+    api_key: c.ApiKey = None,
+    json_out: c.Json = False,
+) -> None:
+    """Rename a project or change its settings."""
+    changes = {k: v for k, v in {"name": name, "audit_exec": audit_exec}.items() if v is not None}
+    if not changes:
+        raise ValueError("give --name and/or --audit-exec/--no-audit-exec")
+    with _client(api_url, api_key) as h:
+        _show(h.update_project(project_id, **changes), json_out, PROJECT_COLUMNS)
 
 
 @users.command("ls")

@@ -7,7 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach every command group; each group module owns its own commands."""
-    from hutch.cli import accounts, billing, sandbox, serve, template
+    from hutch.cli import accounts, audit, billing, sandbox, serve, template
 
     serve.register(app)
     app.add_typer(sandbox.app, name="sandbox")
@@ -18,3 +18,4 @@ def register(app: typer.Typer) -> None:
     app.command("me")(accounts.me)
     app.command("usage")(billing.usage)
     app.add_typer(billing.billing, name="billing")
+    audit.register(app, accounts.users)

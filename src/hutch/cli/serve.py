@@ -7,13 +7,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 
 from hutch.api.logging import configure_logging
 from hutch.api.settings import ApiSettings
+from hutch.api.tls import server_context
 
 RUNNER_READY_TIMEOUT_S = 120.0
 
@@ -111,7 +113,18 @@ def _serve_api(settings: ApiSettings) -> bool:
         typer.echo(f"created the admin user; its API key is in {key_file} (mode 0600)")
     runner = connect_runner(settings.runner_socket_path())
     app = create_app(settings, runner=runner, clock=clock, database=db)
-    typer.echo(f"Hutch API on http://{settings.host}:{settings.port} (docs at /docs)")
+    tls: dict[str, Any] = {}
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        cert, key, only13 = settings.tls_cert, settings.tls_key, settings.tls13_only
+        tls = {
+            "ssl_certfile": str(cert),
+            "ssl_keyfile": str(key),
+            "ssl_context_factory": lambda _cfg, _default: server_context(
+                cert, key, tls13_only=only13
+            ),
+        }
+    scheme = "https" if tls else "http"
+    typer.echo(f"Hutch API on {scheme}://{settings.host}:{settings.port} (docs at /docs)")
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -119,6 +132,7 @@ def _serve_api(settings: ApiSettings) -> bool:
         log_config=None,  # configure_logging already sends uvicorn's records as JSON
         access_log=False,  # its access lines carry raw paths and queries; ours do not
         lifespan="on",
+        **tls,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -138,13 +152,36 @@ def serve(
         Path | None, typer.Option(help="Socket of an existing runner (implies --no-runner)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: serve HTTPS (HUTCH_TLS_CERT)")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="PEM private key of --tls-cert (HUTCH_TLS_KEY)")
+    ] = None,
+    tls13_only: Annotated[
+        bool, typer.Option("--tls13-only", help="Accept TLS 1.3 only (HUTCH_TLS13_ONLY)")
+    ] = False,
 ) -> None:
     """Start the runner and the API server (SQLite in DATA_DIR unless HUTCH_DATABASE_URL)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    settings = ApiSettings(
-        data_dir=data_dir, host=host, port=port, runner_socket=runner_socket, log_level=log_level
-    )
+    given: dict[str, Any] = {"tls_cert": tls_cert, "tls_key": tls_key}
+    if tls13_only:
+        given["tls13_only"] = True
+    try:
+        settings = ApiSettings(
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            runner_socket=runner_socket,
+            log_level=log_level,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            server_context(settings.tls_cert, settings.tls_key, tls13_only=settings.tls13_only)
+    except (ValidationError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     proc: subprocess.Popen[bytes] | None = None
     # uvicorn handles these while it serves, then re-raises them once it has shut down; with

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -70,6 +71,7 @@ class ProjectRow(Base):
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    audit_exec: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (UniqueConstraint("team_id", "name", name="uq_projects_team_id_name"),)
 
@@ -158,4 +160,6 @@ class IdempotencyRow(Base):
 
 
 # Billing tables live in their own module; importing it registers them on the same metadata.
+# Tables kept in modules of their own register on the same metadata.
+from hutch.db import audit as _audit  # noqa: E402, F401
 from hutch.db import billing as _billing  # noqa: E402,F401

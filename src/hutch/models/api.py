@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch.models.common import IsolationClass, SandboxState, WireModel
 from hutch.models.sandbox import SandboxSpec
@@ -53,6 +53,8 @@ MAX_METADATA_VALUE_LEN = 512
 METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _METADATA_KEY_RE = re.compile(METADATA_KEY_PATTERN)
 NAME_FIELD = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+# Ids in bodies: printable ASCII without spaces (a NUL byte would reach the database otherwise).
+ID_PATTERN = r"^[\x21-\x7e]+$"
 
 
 def check_metadata(v: dict[str, str]) -> dict[str, str]:
@@ -157,7 +159,7 @@ class Member(WireModel):
 class MemberAdd(WireModel):
     """Add a user to a team."""
 
-    user_id: str = Field(min_length=1, max_length=64)
+    user_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
     role: Role = Role.member
 
 
@@ -174,19 +176,32 @@ class Project(WireModel):
     team_id: str
     name: str
     created_at: datetime
+    audit_exec: bool = Field(
+        default=False,
+        description="Keep an exec audit trail (command name, exit code, times; never content)",
+    )
 
 
 class ProjectCreate(WireModel):
     """Create a project (in the caller's team unless `team_id` names another of theirs)."""
 
     name: str = NAME_FIELD
-    team_id: str | None = Field(default=None, max_length=64)
+    team_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
 
 
 class ProjectUpdate(WireModel):
-    """Rename a project."""
+    """Rename a project and/or change its settings (fields left out stay as they are)."""
 
-    name: str = NAME_FIELD
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+    audit_exec: bool | None = Field(
+        default=None, description="Record each exec's command name, exit code and times"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> ProjectUpdate:
+        if self.name is None and self.audit_exec is None:
+            raise ValueError("give at least one of: name, audit_exec")
+        return self
 
 
 # --- API keys ---
@@ -223,8 +238,12 @@ class ApiKeyCreate(WireModel):
     name: str = NAME_FIELD
     mode: Mode = Mode.live
     scopes: list[Scope] | None = Field(default=None, max_length=len(Scope))
-    user_id: str | None = Field(default=None, max_length=64, description="Default: the caller")
-    project_id: str | None = Field(default=None, max_length=64, description="Default: the key's")
+    user_id: str | None = Field(
+        default=None, max_length=64, pattern=ID_PATTERN, description="Default: the caller"
+    )
+    project_id: str | None = Field(
+        default=None, max_length=64, pattern=ID_PATTERN, description="Default: the key's"
+    )
 
 
 class ApiKeyRotate(WireModel):

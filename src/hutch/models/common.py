@@ -85,6 +85,7 @@ class ErrorCode(StrEnum):
     payment_required = "payment_required"
     webhook_signature_invalid = "webhook_signature_invalid"
     account_restricted = "account_restricted"
+    account_suspended = "account_suspended"
     runner_unavailable = "runner_unavailable"
     internal = "internal"
 
@@ -120,6 +121,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.payment_required: 402,
     ErrorCode.webhook_signature_invalid: 400,
     ErrorCode.account_restricted: 403,
+    ErrorCode.account_suspended: 403,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.internal: 500,
 }

@@ -295,9 +295,6 @@ def get_json(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[Any]:
     return Call("GET", path, _json, params=params)
 
 
-def get_text(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[str]:
-    """GET a text resource (e.g. CSV)."""
-    return Call("GET", path, lambda r: r.text, params=params)
 
 
 def create_json(path: str, body: dict[str, Any], idempotency_key: str | None = None) -> Call[Any]:
@@ -308,6 +305,21 @@ def create_json(path: str, body: dict[str, Any], idempotency_key: str | None = N
 def post_json(path: str, body: dict[str, Any]) -> Call[Any]:
     """POST a non-create action (not replayed)."""
     return Call("POST", path, _json, json=body, idempotent=False)
+
+
+def get_text(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[str]:
+    """GET a text document (exports)."""
+    return Call("GET", path, lambda r: r.text, params=params, timeout=None)
+
+
+def post_no_content(path: str, body: dict[str, Any]) -> Call[None]:
+    """POST an action answered with 204."""
+    return no_content("POST", path, json=body)
+
+
+def patch_json(path: str, body: dict[str, Any]) -> Call[Any]:
+    """PATCH a resource (the same body twice gives the same result)."""
+    return Call("PATCH", path, _json, json=body)
 
 
 def delete(path: str) -> Call[None]:

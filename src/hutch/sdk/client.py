@@ -116,6 +116,51 @@ class Hutch:
         """Create a team."""
         return self._http.send(_ops.create_json("/v1/teams", {"name": name}))
 
+    def update_project(self, project_id: str, **changes: Any) -> dict[str, Any]:
+        """Rename a project or change its settings (e.g. `audit_exec=True`)."""
+        path = f"/v1/projects/{quote(project_id, safe='')}"
+        return self._http.send(_ops.patch_json(path, changes))
+
+    # audit and administration
+    def list_execs(self, **filters: str) -> Iterator[dict[str, Any]]:
+        """The project's exec trail, newest first (filters: sandbox_id, command, since, until)."""
+        return self._list("/v1/audit/execs", **filters)
+
+    def export_execs(self, fmt: str = "jsonl", **filters: str) -> str:
+        """The project's exec trail as JSON Lines or CSV text."""
+        params = (("format", fmt), *filters.items())
+        return self._http.send(_ops.get_text("/v1/audit/execs/export", params))
+
+    def admin_log(self, after_seq: int | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page of the admin log (server administrators)."""
+        params: tuple[tuple[str, str], ...] = (("limit", str(limit)),)
+        if after_seq is not None:
+            params += (("after_seq", str(after_seq)),)
+        return self._http.send(_ops.get_json("/v1/audit/admin-log", params))
+
+    def verify_admin_log(self) -> dict[str, Any]:
+        """Have the server check the admin log's chain and signed checkpoints."""
+        return self._http.send(_ops.get_json("/v1/audit/admin-log/verify"))
+
+    def _admin(self, kind: str, subject_id: str, action: str, reason: str) -> Any:
+        path = f"/v1/admin/{kind}/{quote(subject_id, safe='')}/{action}"
+        return self._http.send(_ops.post_json(path, {"reason": reason}))
+
+    def suspend(self, kind: str, subject_id: str, reason: str) -> dict[str, Any]:
+        """Suspend a user or team (`kind`: users or teams)."""
+        answer: dict[str, Any] = self._admin(kind, subject_id, "suspend", reason)
+        return answer
+
+    def unsuspend(self, kind: str, subject_id: str, reason: str) -> None:
+        """Reinstate a suspended user or team."""
+        path = f"/v1/admin/{kind}/{quote(subject_id, safe='')}/unsuspend"
+        self._http.send(_ops.post_no_content(path, {"reason": reason}))
+
+    def terminate(self, kind: str, subject_id: str, reason: str) -> dict[str, Any]:
+        """Terminate a user or team for good (keys revoked, sandboxes killed)."""
+        answer: dict[str, Any] = self._admin(kind, subject_id, "terminate", reason)
+        return answer
+
     def list_templates(self) -> list[dict[str, Any]]:
         """Templates sandboxes can start from."""
         return list(self._list("/v1/templates"))

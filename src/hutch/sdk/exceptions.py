@@ -11,6 +11,7 @@ __all__ = [
     "ERROR_CLASSES",
     "APIConnectionError",
     "AccountRestrictedError",
+    "AccountSuspendedError",
     "AuthenticationError",
     "CapacityExhaustedError",
     "CommandTimeoutError",
@@ -143,6 +144,12 @@ class AccountRestrictedError(PermissionDeniedError):
     """The account is restricted (e.g. erasure requested or processing restricted)."""
 
     default_code = ErrorCode.account_restricted
+
+
+class AccountSuspendedError(PermissionDeniedError):
+    """An administrator suspended or terminated the account (or its team)."""
+
+    default_code = ErrorCode.account_suspended
 
 
 class NotFoundError(HutchSDKError):

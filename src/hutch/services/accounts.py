@@ -26,6 +26,7 @@ from hutch.models.api import (
     UserCreate,
 )
 from hutch.models.common import ErrorCode, HutchError
+from hutch.services.audit import AdminLog
 from hutch.services.clock import Clock
 from hutch.services.pagination import paginate
 from hutch.services.permissions import ROLE_SCOPES, Principal, forbidden
@@ -61,7 +62,13 @@ def user_wire(row: UserRow) -> User:
 
 def project_wire(row: ProjectRow) -> Project:
     """Wire view of a project."""
-    return Project(project_id=row.id, team_id=row.team_id, name=row.name, created_at=row.created_at)
+    return Project(
+        project_id=row.id,
+        team_id=row.team_id,
+        name=row.name,
+        created_at=row.created_at,
+        audit_exec=bool(row.audit_exec),
+    )
 
 
 def _member_wire(row: MemberRow) -> Member:
@@ -74,11 +81,27 @@ class AccountService:
     """Users, teams, members and projects, with the permission rules that govern them."""
 
     def __init__(
-        self, clock: Clock, on_team_created: Callable[[Session, str], object] | None = None
+        self,
+        clock: Clock,
+        admin_log: AdminLog | None = None,
+        on_team_created: Callable[[Session, str], object] | None = None,
     ) -> None:
         self.clock = clock
+        self.admin_log = admin_log
         # Billing opens the team's account (and its welcome credit) in the same transaction.
         self.on_team_created = on_team_created
+
+    def _audit(
+        self,
+        session: Session,
+        actor: Principal,
+        action: str,
+        target_type: str,
+        target_id: str,
+        details: dict[str, str] | None = None,
+    ) -> None:
+        if self.admin_log is not None:
+            self.admin_log.record_for(session, actor, action, target_type, target_id, details)
 
     def _commit(self, session: Session, conflict: str) -> None:
         try:
@@ -99,6 +122,7 @@ class AccountService:
             is_admin=req.is_admin,
             created_at=self.clock.now(),
         )
+        self._audit(session, actor, "user.create", "user", row.id, {"is_admin": str(row.is_admin)})
         session.add(row)
         self._commit(session, f"a user with email {req.email.lower()!r} already exists")
         return user_wire(row)
@@ -147,6 +171,7 @@ class AccountService:
         )
         if self.on_team_created is not None:
             self.on_team_created(session, team.id)
+        self._audit(session, actor, "team.create", "team", team.id)
         session.commit()
         return Team(team_id=team.id, name=team.name, created_at=team.created_at, role=Role.owner)
 
@@ -223,6 +248,14 @@ class AccountService:
         row = MemberRow(
             team_id=team_id, user_id=req.user_id, role=req.role.value, created_at=self.clock.now()
         )
+        self._audit(
+            session,
+            actor,
+            "member.add",
+            "team",
+            team_id,
+            {"user_id": req.user_id, "role": req.role.value},
+        )
         session.add(row)
         self._commit(session, "this user is already a member of the team")
         return _member_wire(row)
@@ -248,6 +281,14 @@ class AccountService:
             raise HutchError(
                 ErrorCode.conflict, "a team needs at least one owner; add another first"
             )
+        self._audit(
+            session,
+            actor,
+            "member.role_change",
+            "team",
+            team_id,
+            {"user_id": user_id, "from": row.role, "to": req.role.value},
+        )
         row.role = req.role.value
         session.commit()
         return _member_wire(row)
@@ -261,6 +302,14 @@ class AccountService:
             raise HutchError(
                 ErrorCode.conflict, "a team needs at least one owner; add another first"
             )
+        self._audit(
+            session,
+            actor,
+            "member.remove",
+            "team",
+            team_id,
+            {"user_id": user_id, "role": row.role},
+        )
         session.delete(row)
         session.commit()
 
@@ -273,6 +322,7 @@ class AccountService:
         row = ProjectRow(
             id=new_id("prj"), team_id=team_id, name=req.name, created_at=self.clock.now()
         )
+        self._audit(session, actor, "project.create", "project", row.id, {"team_id": team_id})
         session.add(row)
         self._commit(session, f"the team already has a project named {req.name!r}")
         return project_wire(row)
@@ -313,9 +363,16 @@ class AccountService:
     def update_project(
         self, session: Session, actor: Principal, project_id: str, req: ProjectUpdate
     ) -> Project:
-        """Rename a project."""
+        """Rename a project or change its settings."""
         row = self._project(session, actor, project_id, Scope.projects_admin)
-        row.name = req.name
+        changed: dict[str, str] = {}
+        if req.name is not None and req.name != row.name:
+            row.name = changed["name"] = req.name
+        if req.audit_exec is not None and req.audit_exec != row.audit_exec:
+            row.audit_exec = req.audit_exec
+            changed["audit_exec"] = str(req.audit_exec).lower()
+        if changed:
+            self._audit(session, actor, "project.update", "project", row.id, changed)
         self._commit(session, f"the team already has a project named {req.name!r}")
         return project_wire(row)
 

@@ -21,7 +21,9 @@ from hutch.services.clock import Clock
 from hutch.services.permissions import Principal
 
 # Tables whose rows decide who a key is and what it may do.
-AUTH_TABLES = frozenset({"users", "api_keys", "teams", "team_members", "projects"})
+AUTH_TABLES = frozenset(
+    {"users", "api_keys", "teams", "team_members", "projects", "account_suspensions"}
+)
 MAX_ENTRIES = 10_000
 _DIRTY = "hutch_auth_dirty"
 
@@ -94,6 +96,8 @@ class PrincipalCache:
                     return
 
         def executed(state: ORMExecuteState) -> None:
+            if state.execution_options.get("hutch_auth_neutral"):
+                return
             if state.is_update or state.is_delete or state.is_insert:
                 table = getattr(state.statement, "table", None)
                 if getattr(table, "name", None) in AUTH_TABLES:

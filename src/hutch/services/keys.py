@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import zlib
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,9 +29,11 @@ from hutch.models.api import (
 )
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.accounts import role_of
+from hutch.services.audit import AdminLog
 from hutch.services.clock import Clock
 from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal, forbidden, role_scopes
+from hutch.services.suspensions import suspension_of
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LEN = 32  # 32 base62 characters ≈ 190 bits
@@ -107,9 +110,16 @@ def _not_found(what: str = "API key") -> HutchError:
 class KeyService:
     """Issue, authenticate, list, rotate and revoke API keys."""
 
-    def __init__(self, pepper: bytes, clock: Clock) -> None:
+    def __init__(self, pepper: bytes, clock: Clock, admin_log: AdminLog | None = None) -> None:
         self._pepper = pepper
         self.clock = clock
+        self.admin_log = admin_log
+
+    def _audit(
+        self, session: Session, actor: Principal, action: str, key_id: str, details: dict[str, str]
+    ) -> None:
+        if self.admin_log is not None:
+            self.admin_log.record_for(session, actor, action, "api_key", key_id, details)
 
     def hash(self, key: str) -> str:
         """HMAC-SHA256 of a key with the server pepper: the only form ever stored."""
@@ -128,7 +138,12 @@ class KeyService:
         )
         row = session.execute(
             select(
-                ApiKeyRow, UserRow.is_admin, UserRow.disabled_at, ProjectRow.team_id, MemberRow.role
+                ApiKeyRow,
+                UserRow.is_admin,
+                UserRow.disabled_at,
+                ProjectRow.team_id,
+                ProjectRow.audit_exec,
+                MemberRow.role,
             )
             .join(UserRow, UserRow.id == ApiKeyRow.user_id)
             .join(ProjectRow, ProjectRow.id == ApiKeyRow.project_id)
@@ -137,7 +152,7 @@ class KeyService:
         ).one_or_none()
         if row is None:
             raise _unauthenticated("the API key is not valid")
-        k, is_admin, disabled_at, team_id, role = row
+        k, is_admin, disabled_at, team_id, audit_exec, role = row
         now = self.clock.now()
         if k.revoked_at is not None:
             raise HutchError(ErrorCode.key_revoked, "this API key was revoked")
@@ -159,9 +174,11 @@ class KeyService:
                     ),
                 )
                 .values(last_used_at=now)
+                # Who the key is and what it may do are unchanged: keep the auth cache.
+                .execution_options(hutch_auth_neutral=True)
             )
             session.commit()
-        return Principal(
+        actor = Principal(
             key_id=k.id,
             user_id=k.user_id,
             is_admin=is_admin,
@@ -171,7 +188,9 @@ class KeyService:
             role=Role(role) if role else None,
             scopes=frozenset(_known_scopes(k.scopes)),
             key_expires_at=k.expires_at,
+            audit_exec=bool(audit_exec),
         )
+        return replace(actor, suspended=suspension_of(session, actor))
 
     # --- management ---
 
@@ -245,6 +264,13 @@ class KeyService:
             mode=req.mode,
             scopes=scopes,
         )
+        self._audit(
+            session,
+            actor,
+            "key.create",
+            row.id,
+            {"user_id": user_id, "project_id": project_id, "mode": req.mode.value},
+        )
         session.commit()
         return ApiKeyCreated(**to_wire(row).model_dump(), key=raw)
 
@@ -287,6 +313,9 @@ class KeyService:
         grace_end = now + timedelta(seconds=req.grace_s)
         old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
         old.replaced_by = new.id
+        self._audit(
+            session, actor, "key.rotate", old.id, {"successor": new.id, "grace_s": str(req.grace_s)}
+        )
         session.commit()
         return ApiKeyCreated(**to_wire(new).model_dump(), key=raw)
 
@@ -295,6 +324,7 @@ class KeyService:
         row = self._editable(session, actor, key_id)
         if row.revoked_at is None:
             row.revoked_at = self.clock.now()
+            self._audit(session, actor, "key.revoke", row.id, {"user_id": row.user_id})
         session.commit()
 
 

@@ -54,6 +54,11 @@ class Principal:
     role: Role | None
     scopes: frozenset[Scope]
     key_expires_at: datetime | None = None
+    source_ip: str | None = None  # where the request came from (for the admin log)
+    # Read with the key (and cached with it): why the account may not run anything, if so, and
+    # whether its project keeps an exec audit trail.
+    suspended: str | None = None
+    audit_exec: bool = False
     rights: frozenset[Scope] = field(init=False)
 
     def __post_init__(self) -> None:

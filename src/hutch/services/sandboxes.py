@@ -30,6 +30,7 @@ from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal
 from hutch.services.ratelimit import TokenBucket
 from hutch.services.runner_port import RunnerPort
+from hutch.services.suspensions import check_not_suspended
 
 log = structlog.get_logger("hutch.sandboxes")
 
@@ -122,6 +123,8 @@ class SandboxService:
         actor.require(scope)
         with self.db.session() as s:
             row = self._row(s, actor, sandbox_id)
+            if scope is Scope.sandboxes_write:
+                check_not_suspended(s, actor)
         if row.state != SandboxState.running.value:
             raise HutchError(
                 ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is {row.state}, not running"
@@ -183,6 +186,7 @@ class SandboxService:
         """Check quota and persist the `creating` row; returns the new id."""
         now = self.clock.now()
         with self._quota_lock, self.db.session() as s:
+            check_not_suspended(s, actor)
             s.execute(
                 select(ProjectRow.id).where(ProjectRow.id == actor.project_id).with_for_update()
             )
@@ -338,7 +342,8 @@ class SandboxService:
             return False
         self.inflight.add(sandbox_id)
         try:
-            await self.kill_on_runner(sandbox_id)
+            if self.runner is not None:
+                await self.kill_on_runner(sandbox_id)
             await to_thread.run_sync(
                 lambda: self._transition(sandbox_id, SandboxState.stopped, reason=reason)
             )
@@ -346,6 +351,11 @@ class SandboxService:
             self.inflight.discard(sandbox_id)
         log.info("sandbox_stopped_by_server", sandbox_id=sandbox_id, reason=reason)
         return True
+
+    async def kill_by_admin(self, sandbox_id: str, reason: str) -> bool:
+        """Stop a sandbox on an administrator's decision (no tenancy check: the caller did it);
+        True if it was alive."""
+        return await self.stop(sandbox_id, reason)
 
     async def set_timeout(self, actor: Principal, sandbox_id: str, req: SetTimeout) -> Sandbox:
         """Set a running sandbox's remaining lifetime."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from hutch.db.base import Base
@@ -26,26 +28,23 @@ def test_migrated_schema_matches_the_models(database: Database) -> None:
         "sandboxes",
         "sandbox_metadata",
         "idempotency_records",
+        "admin_log",
+        "admin_log_checkpoints",
+        "exec_audit",
+        "api_usage",
+        "api_usage_daily",
+        "scheduler_jobs",
         "alembic_version",
     } <= tables
 
 
-def _head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
+def test_migrate_is_idempotent(database: Database) -> None:
+    database.migrate()
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head is not None
-    return head
-
-
-def test_migrate_is_idempotent(database: Database) -> None:
-    database.migrate()
     with database.engine.connect() as conn:
-        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == _head()
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

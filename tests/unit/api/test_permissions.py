@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hutch.api.deps import Services
+from hutch.db.audit import SuspensionRow
 from hutch.models.api import Mode, Role
 from hutch.services.permissions import role_scopes
 from tests.unit.api.conftest import Client, Who, World, add_user
@@ -139,6 +140,38 @@ CASES = [
     Case("GET", "/v1/billing/invoices/upcoming", "admin", 200, other=200),
     Case("GET", "/v1/billing/invoices/upcoming/html", "admin", 200, other=200),
     Case("POST", "/v1/billing/payment-method", "admin", 200, other=200),
+    Case("GET", "/v1/audit/execs", "admin", 200, other=200),
+    Case("GET", "/v1/audit/execs/export?format=csv", "admin", 200, other=200),
+    Case("GET", "/v1/audit/admin-log", "root", 200, other=403),
+    Case("GET", "/v1/audit/admin-log/verify", "root", 200, other=403),
+    Case("GET", "/v1/admin/{subjects}/{suspended}/suspension", "root", 200, other=403),
+    Case(
+        "POST",
+        "/v1/admin/{subjects}/{victim}/suspend",
+        "root",
+        200,
+        other=403,
+        fresh=("victim",),
+        body=lambda p: {"reason": "abuse"},
+    ),
+    Case(
+        "POST",
+        "/v1/admin/{subjects}/{suspended}/unsuspend",
+        "root",
+        204,
+        other=403,
+        fresh=("suspended",),
+        body=lambda p: {"reason": "appeal granted"},
+    ),
+    Case(
+        "POST",
+        "/v1/admin/{subjects}/{victim}/terminate",
+        "root",
+        200,
+        other=403,
+        fresh=("victim",),
+        body=lambda p: {"reason": "abuse"},
+    ),
 ]
 
 
@@ -208,6 +241,27 @@ class Fixtures:
             s.commit()
         return row.id
 
+    def _subjects(self) -> str:
+        return "users"
+
+    def _victim(self) -> str:
+        return add_user(self.svc, self.world.team_id, self.world.project_id, Role.viewer).user_id
+
+    def _suspended(self) -> str:
+        victim = self._victim()
+        with self.svc.db.session() as s:
+            s.add(
+                SuspensionRow(
+                    subject_type="user",
+                    subject_id=victim,
+                    state="suspended",
+                    reason="test",
+                    at=self.svc.clock.now(),
+                )
+            )
+            s.commit()
+        return victim
+
     def _their_key(self) -> str:
         return add_user(self.svc, self.world.team_id, self.world.project_id, Role.member).key_id
 
@@ -274,7 +328,9 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
             .replace("{target}", "{user_id}")
             .replace("{own_key}", "{key_id}")
             .replace("{their_key}", "{key_id}")
-            .replace("/upcoming", "/{invoice_id}"),
+            .replace("/upcoming", "/{invoice_id}")
+            .replace("{victim}", "{subject_id}")
+            .replace("{suspended}", "{subject_id}"),
         )
         for c in CASES
     }

@@ -8,27 +8,43 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 
-from hutch.api.deps import EXEC_BODY_MAX, Actor, Svc, presented_key, resolve_key
+from hutch.api.deps import (
+    EXEC_BODY_MAX,
+    Actor,
+    Services,
+    Svc,
+    key_prefix,
+    presented_key,
+    resolve_key,
+)
 from hutch.api.errors import PROBLEM_RESPONSES
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, ExecUser, HutchError
 from hutch.models.exec import (
+    ClientFrame,
     ErrorFrame,
     ExecRequest,
     ExecResult,
+    ExitFrame,
     ProcessInfo,
+    ServerFrame,
     SignalRequest,
+    StartedFrame,
+    StartFrame,
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
+from hutch.services.permissions import Principal
 from hutch.services.runner_port import RunnerPort, RunnerSocket
+from hutch.services.suspensions import refuse_if_suspended
 
 # No router-wide body limit: uploads stream without one (the runner enforces disk quotas).
 router = APIRouter(
@@ -40,6 +56,8 @@ Pid = Annotated[int, Path(ge=1, le=2**31)]
 
 async def _check(svc: Svc, actor: Actor, sandbox_id: str, scope: Scope) -> RunnerPort:
     actor.require(scope)
+    if scope is Scope.sandboxes_write:
+        refuse_if_suspended(actor.suspended)
     if not svc.sandboxes.seen_running(actor, sandbox_id):
         await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, scope)
     return svc.sandboxes.require_runner()
@@ -85,11 +103,59 @@ SPath = Annotated[str, Depends(sandbox_path)]
     response_model=ExecResult,
     responses={201: {"model": ProcessInfo, "description": "Started in the background"}},
 )
-async def exec_command(sandbox_id: SandboxId, body: ExecRequest, runner: Writer) -> Response:
+async def exec_command(
+    sandbox_id: SandboxId, body: ExecRequest, runner: Writer, actor: Actor, svc: Svc
+) -> Response:
     """Run a command to completion (200 ExecResult) or in the background (201 ProcessInfo)."""
-    result = await runner.exec(sandbox_id, body)
+    audited = actor.audit_exec
+    started = svc.clock.now()
+    try:
+        result = await runner.exec(sandbox_id, body)
+    except HutchError:
+        if audited:  # it did not run (e.g. no such program): recorded without an exit code
+            await _audit_exec(svc, actor, sandbox_id, body, "exec", started_at=started)
+        raise
+    if audited:
+        if isinstance(result, ExecResult):
+            await _audit_exec(
+                svc,
+                actor,
+                sandbox_id,
+                body,
+                "exec",
+                pid=result.pid,
+                exit_code=result.exit_code,
+                started_at=result.started_at,
+                ended_at=result.ended_at,
+            )
+        else:
+            await _audit_exec(
+                svc, actor, sandbox_id, body, "background", pid=result.pid, started_at=started
+            )
     status = 201 if isinstance(result, ProcessInfo) else 200
     return Response(result.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def _audit_exec(
+    svc: Svc,
+    actor: Actor,
+    sandbox_id: str,
+    body: ExecRequest,
+    kind: str,
+    **fields: Any,
+) -> str:
+    # Only argv[0] leaves this function; arguments, env, stdin and output never do.
+    argv0 = body.argv()[0]
+    return await run_in_threadpool(
+        lambda: svc.exec_audit.start(
+            project_id=actor.project_id,
+            mode=actor.mode.value,
+            sandbox_id=sandbox_id,
+            argv0=argv0,
+            kind=kind,
+            **fields,
+        )
+    )
 
 
 @router.get("/processes", response_model=list[ProcessInfo])
@@ -117,9 +183,18 @@ async def write_stdin(
 
 
 @router.post("/processes/{pid}/wait", response_model=ExecResult)
-async def wait_process(sandbox_id: SandboxId, pid: Pid, runner: Writer) -> ExecResult:
+async def wait_process(
+    sandbox_id: SandboxId, pid: Pid, runner: Writer, actor: Actor, svc: Svc
+) -> ExecResult:
     """Block until the process exits."""
-    return await runner.wait(sandbox_id, pid)
+    result = await runner.wait(sandbox_id, pid)
+    if actor.audit_exec:
+        await run_in_threadpool(
+            lambda: svc.exec_audit.finish(
+                sandbox_id=sandbox_id, pid=pid, exit_code=result.exit_code, ended_at=result.ended_at
+            )
+        )
+    return result
 
 
 # --- files ---
@@ -225,13 +300,78 @@ async def _refuse(ws: WebSocket, err: HutchError) -> None:
     await ws.close(code=WS_REFUSED_BASE + err.status % 1000)
 
 
-async def _pump_client(ws: WebSocket, upstream: RunnerSocket) -> None:
+class StreamAudit:
+    """Reads the control frames of one audited exec stream: argv[0] from the start frame, the
+    pid and exit code from the runner's frames. Output and input frames are not looked at."""
+
+    def __init__(self, svc: Services, actor: Principal, sandbox_id: str) -> None:
+        self.svc = svc
+        self.project_id = actor.project_id
+        self.mode = actor.mode.value
+        self.sandbox_id = sandbox_id
+        self.record_id: str | None = None
+        self.done = False
+
+    async def client_text(self, text: str) -> None:
+        if self.record_id is not None or self.done:
+            return
+        try:
+            frame = _CLIENT_FRAME.validate_json(text)
+        except ValueError:
+            return  # the runner answers bad frames itself
+        if isinstance(frame, StartFrame):
+            argv0 = frame.request.argv()[0]
+            self.record_id = await run_in_threadpool(
+                lambda: self.svc.exec_audit.start(
+                    project_id=self.project_id,
+                    mode=self.mode,
+                    sandbox_id=self.sandbox_id,
+                    argv0=argv0,
+                    kind="stream",
+                )
+            )
+        else:
+            self.done = True  # attach: the command was recorded when it started
+
+    async def runner_text(self, text: str) -> None:
+        if self.record_id is None or self.done:
+            return
+        try:
+            frame = _SERVER_FRAME.validate_json(text)
+        except ValueError:
+            return
+        record_id = self.record_id
+        if isinstance(frame, StartedFrame):
+            await run_in_threadpool(self.svc.exec_audit.set_pid, record_id, frame.pid)
+        elif isinstance(frame, ExitFrame | ErrorFrame):
+            self.done = True
+            code = frame.exit_code if isinstance(frame, ExitFrame) else None
+            await run_in_threadpool(
+                lambda: self.svc.exec_audit.finish(record_id=record_id, exit_code=code)
+            )
+
+    async def close(self) -> None:
+        if self.record_id is not None and not self.done:
+            self.done = True
+            record_id = self.record_id
+            await run_in_threadpool(
+                lambda: self.svc.exec_audit.finish(record_id=record_id, exit_code=None)
+            )
+
+
+_CLIENT_FRAME: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+_SERVER_FRAME: TypeAdapter[Any] = TypeAdapter(ServerFrame)
+
+
+async def _pump_client(ws: WebSocket, upstream: RunnerSocket, audit: StreamAudit | None) -> None:
     try:
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
             if msg.get("text") is not None:
+                if audit is not None:
+                    await audit.client_text(msg["text"])
                 await upstream.send(msg["text"])
             elif msg.get("bytes") is not None:
                 await upstream.send(msg["bytes"])
@@ -239,11 +379,13 @@ async def _pump_client(ws: WebSocket, upstream: RunnerSocket) -> None:
         return
 
 
-async def _pump_runner(ws: WebSocket, upstream: RunnerSocket) -> None:
+async def _pump_runner(ws: WebSocket, upstream: RunnerSocket, audit: StreamAudit | None) -> None:
     try:
         while True:
             data = await upstream.recv()  # raises once the runner closed (after exit/error)
             if isinstance(data, str):
+                if audit is not None:
+                    await audit.runner_text(data)
                 await ws.send_text(data)
             else:
                 await ws.send_bytes(data)
@@ -256,10 +398,15 @@ async def exec_stream(ws: WebSocket, sandbox_id: SandboxId, svc: Svc) -> None:
     """Interactive command / PTY: frames pass unchanged between the client and the runner."""
     async with AsyncExitStack() as stack:
         try:
-            actor = await resolve_key(svc, presented_key(ws))
+            key = presented_key(ws)
+            actor = await resolve_key(svc, key)
             ws.state.key_id = actor.key_id
+            ws.state.key_prefix = key_prefix(key)
             await run_in_threadpool(svc.sandboxes.running, actor, sandbox_id, Scope.sandboxes_write)
             runner = svc.sandboxes.require_runner()
+            audit = None
+            if actor.audit_exec:
+                audit = StreamAudit(svc, actor, sandbox_id)
             path = f"/v1/sandboxes/{sandbox_id}/exec/stream"
             upstream = await stack.enter_async_context(runner.websocket(path))
         except HutchError as e:
@@ -271,11 +418,16 @@ async def exec_stream(ws: WebSocket, sandbox_id: SandboxId, svc: Svc) -> None:
         await ws.accept()
         async with anyio.create_task_group() as tg:
 
-            async def pump(fn: Callable[[WebSocket, RunnerSocket], Awaitable[None]]) -> None:
-                await fn(ws, upstream)
+            async def pump(
+                fn: Callable[[WebSocket, RunnerSocket, StreamAudit | None], Awaitable[None]],
+            ) -> None:
+                await fn(ws, upstream, audit)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(pump, _pump_client)
             tg.start_soon(pump, _pump_runner)
+        if audit is not None:
+            with anyio.CancelScope(shield=True):
+                await audit.close()
     with contextlib.suppress(RuntimeError):  # the client may have closed first
         await ws.close()

@@ -15,7 +15,6 @@ import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import anyio
 import structlog
 from anyio import to_thread
 from sqlalchemy import delete, select, update
@@ -244,15 +243,6 @@ class BillingService:
             await to_thread.run_sync(self.purge_expired)
             self._purged_at = now
         return report
-
-    async def run_periodically(self) -> None:
-        """`tick` every `interval_s`, logging (not raising) failures."""
-        while True:
-            try:
-                await self.tick()
-            except Exception as e:
-                log.warning("billing_tick_failed", error=type(e).__name__)
-            await anyio.sleep(self.interval_s)
 
     def report_usage(self) -> int:
         """Send unsent live usage of teams with a processor customer as meter events."""

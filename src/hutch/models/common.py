@@ -86,6 +86,7 @@ class ErrorCode(StrEnum):
     webhook_signature_invalid = "webhook_signature_invalid"
     account_restricted = "account_restricted"
     runner_unavailable = "runner_unavailable"
+    billing_unavailable = "billing_unavailable"
     internal = "internal"
 
 
@@ -121,6 +122,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.webhook_signature_invalid: 400,
     ErrorCode.account_restricted: 403,
     ErrorCode.runner_unavailable: 503,
+    ErrorCode.billing_unavailable: 503,
     ErrorCode.internal: 500,
 }
 

@@ -171,8 +171,10 @@ class BillingService:
         now = self.clock.now()
         with self.db.session() as s:
             account = self.credits.ensure_account(s, team_id)
-            ledger = self.credits.ledger(s, team_id)
-            balance = ledger.balance_micros
+            # With a payment method nothing is enforced: skip the ledger.
+            balance = (
+                0 if has_payment_method(account) else self.credits.ledger(s, team_id).balance_micros
+            )
             if has_payment_method(account) or balance > self.low_balance_micros:
                 account.warned_at = account.depleted_at = None
                 s.commit()

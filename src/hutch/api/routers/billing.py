@@ -35,7 +35,7 @@ router = APIRouter(
 ID_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
 InvoiceId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 Start = Annotated[datetime | None, Query(description="Default: start of this month (UTC)")]
-End = Annotated[datetime | None, Query(description="Default: now")]
+End = Annotated[datetime | None, Query(description="Default: end of this month (UTC)")]
 WEBHOOK_MAX = 256 * 1024
 
 

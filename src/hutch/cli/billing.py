@@ -152,3 +152,28 @@ def billing_setup(
         c.print_json(answer)
     else:
         typer.echo(answer["url"] or answer["detail"])
+
+
+@billing.command("grant")
+@c.handle_errors
+def billing_grant(
+    team_id: Annotated[str, typer.Argument(help="The team to credit.")],
+    amount: Annotated[str, typer.Argument(help="Dollars, e.g. 25 or 12.50.")],
+    kind: Annotated[str, typer.Option(help="promotional or paid.")] = "promotional",
+    expires_at: Annotated[str | None, typer.Option(help="ISO time it expires.")] = None,
+    priority: Annotated[int, typer.Option(help="Lower is drawn first.")] = 100,
+    reason: Annotated[str, typer.Option(help="Shown with the grant.")] = "credit",
+    api_url: c.ApiUrl = None,
+    api_key: c.ApiKey = None,
+    json_out: c.Json = False,
+) -> None:
+    """Give a team credit (server administrators)."""
+    extra: dict[str, Any] = {"kind": kind, "priority": priority, "reason": reason}
+    if expires_at:
+        extra["expires_at"] = expires_at
+    with _client(api_url, api_key) as h:
+        g = h.grant_credit(team_id, amount, **extra)
+    if json_out:
+        c.print_json(g)
+    else:
+        typer.echo(f"{g['grant_id']}: {_money(g['amount_micros'])}")

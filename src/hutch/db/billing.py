@@ -114,6 +114,7 @@ class InvoiceRow(Base):
     total_micros: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     external_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("team_id", "period", name="uq_invoices_team_id_period"),)

@@ -99,7 +99,7 @@ class CreditGrant(WireModel):
 class CreditGrantCreate(WireModel):
     """Give a team credit (server administrators)."""
 
-    team_id: str = Field(min_length=1, max_length=64)
+    team_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
     amount: Decimal = Field(gt=0, le=MAX_GRANT_DOLLARS, decimal_places=6, description="Dollars")
     kind: str = Field(default="promotional", pattern=r"^(promotional|paid)$")
     priority: int = Field(default=100, ge=0, le=1000, description="Lower is drawn first")

@@ -87,6 +87,7 @@ class ErrorCode(StrEnum):
     account_restricted = "account_restricted"
     account_suspended = "account_suspended"
     runner_unavailable = "runner_unavailable"
+    billing_unavailable = "billing_unavailable"
     internal = "internal"
 
 
@@ -123,6 +124,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.account_restricted: 403,
     ErrorCode.account_suspended: 403,
     ErrorCode.runner_unavailable: 503,
+    ErrorCode.billing_unavailable: 503,
     ErrorCode.internal: 500,
 }
 

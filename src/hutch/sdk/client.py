@@ -194,6 +194,11 @@ class Hutch:
         """Credit grants and what is left of them."""
         return list(self._list("/v1/billing/credits"))
 
+    def grant_credit(self, team_id: str, amount: str, **extra: Any) -> dict[str, Any]:
+        """Give a team credit in dollars, e.g. "25.00" (server administrators)."""
+        body = {"team_id": team_id, "amount": amount, **extra}
+        return self._http.send(_ops.post_json("/v1/billing/credits", body))
+
     def invoices(self) -> list[dict[str, Any]]:
         """This month's upcoming invoice, then finalized ones."""
         return list(self._list("/v1/billing/invoices"))

@@ -309,6 +309,12 @@ class RunnerUnavailableError(ServiceUnavailableError):
     default_code = ErrorCode.runner_unavailable
 
 
+class BillingUnavailableError(ServiceUnavailableError):
+    """The payment processor did not answer; try again later."""
+
+    default_code = ErrorCode.billing_unavailable
+
+
 class InternalServerError(HutchSDKError):
     """The server failed unexpectedly."""
 

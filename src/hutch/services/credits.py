@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hutch.db.billing import BillingAccountRow, CreditGrantRow, InvoiceRow, UsageRecordRow
@@ -82,6 +83,15 @@ class CreditService:
         now = self.clock.now()
         row = BillingAccountRow(team_id=team_id, state="active", created_at=now)
         session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            # Opened concurrently by another request: use that one (and its single grant).
+            # Callers have nothing else pending here (a new team's id cannot collide).
+            session.rollback()
+            existing = session.get(BillingAccountRow, team_id)
+            assert existing is not None
+            return existing
         if self.promo_micros > 0:
             self.grant(
                 session,
@@ -90,7 +100,6 @@ class CreditService:
                 kind=PROMOTIONAL,
                 reason="welcome credit",
             )
-        session.flush()
         return row
 
     def grant(

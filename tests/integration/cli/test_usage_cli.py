@@ -37,3 +37,9 @@ def test_usage_shows_a_killed_sandbox_with_its_cost(api: Server) -> None:
     credits = json.loads(hutch("billing", "credits", "--json").stdout)
     assert [g["kind"] for g in credits] == ["promotional"]
     assert hutch("usage", "--by", "week").returncode == 2
+    team_id = json.loads(hutch("me", "--json").stdout)["project"]["team_id"]
+    r = hutch("billing", "grant", team_id, "2.5", "--kind", "paid", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["amount_micros"] == 2_500_000
+    r = hutch("billing", "grant", team_id, "0")
+    assert r.returncode == 1 and "amount" in r.stderr

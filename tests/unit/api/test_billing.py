@@ -220,3 +220,33 @@ def test_low_balance_warns_without_stopping(
     assert [e["type"] for e in summary["events"]] == ["low_balance"]
     assert client.run(svc.billing.tick()).warned == []  # once, not every pass
     assert client.post("/v1/sandboxes", headers=world.owner.h, json={}).status_code == 201
+
+
+def test_model_usage_is_reported_and_invoiced_through_the_price_book(
+    client: Client, svc: Services, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decimal import Decimal
+
+    from hutch.services.pricing import ModelRate
+
+    book = svc.billing.metering.prices
+    rate = ModelRate(input_per_million=Decimal("3"), output_per_million=Decimal("15"))
+    monkeypatch.setitem(book.versions[-1].models, "m1", rate)
+    n = svc.billing.metering.record_model_usage(
+        request_id="req_01abc",
+        team_id=world.team_id,
+        project_id=world.project_id,
+        mode="live",
+        model="m1",
+        input_tokens=1000,
+        output_tokens=200,
+    )
+    assert n == 2
+    report = client.get("/v1/billing/usage?group_by=project", headers=world.owner.h).json()
+    # 1000 x $3/M + 200 x $15/M = $0.003 + $0.003
+    assert [(i["tokens"], i["cost_micros"]) for i in report["items"]] == [(1200, 6000)]
+    lines = client.get("/v1/billing/invoices/upcoming", headers=world.owner.h).json()["lines"]
+    assert sorted((ln["description"], ln["amount_micros"]) for ln in lines) == [
+        ("model m1 input", 3000),
+        ("model m1 output", 3000),
+    ]

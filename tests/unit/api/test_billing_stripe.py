@@ -161,3 +161,60 @@ def test_usage_meter_events_and_invoices_and_payment_outcomes(stripe_env: Any) -
     with svc.db.session() as s:
         assert s.get(InvoiceRow, june.id).status == "paid"  # type: ignore[union-attr]
     assert client.post("/v1/sandboxes", headers=world.owner.h, json={}).status_code == 201
+
+
+def test_stripe_unreachable_is_a_clear_503(make_app: AppFactory) -> None:
+    from tests.integration.api.conftest import free_port
+
+    app = make_app(
+        stripe_api_key="sk_test_fake",
+        stripe_webhook_secret=SECRET,
+        stripe_api_base=f"http://127.0.0.1:{free_port()}",  # nothing listens
+    )
+    svc: Services = app.state.services
+    world = build_world(svc)
+    client = Client(app)
+    try:
+        r = client.post("/v1/billing/payment-method", headers=world.owner.h)
+        assert r.status_code == 503 and r.json()["code"] == "billing_unavailable"
+    finally:
+        client.close()
+
+
+def test_an_invoice_stripe_refused_is_handed_over_on_the_next_pass(stripe_env: Any) -> None:
+    client, svc, world, calls = stripe_env
+    client.post("/v1/billing/payment-method", headers=world.owner.h)
+    customer = account(svc, world.team_id).customer_id
+    body = event("setup_intent.succeeded", {"id": "seti_1", "customer": customer})
+    assert post_hook(client, body, sign(body, SECRET)).status_code == 200
+    clock = svc.clock
+    clock.set(datetime(2030, 5, 1, 0, 0, tzinfo=UTC))  # type: ignore[attr-defined]
+    sid = client.post("/v1/sandboxes", headers=world.owner.h, json={}).json()["sandbox_id"]
+    start = clock.now()
+    clock.set(start + timedelta(days=20))  # type: ignore[attr-defined]
+    svc.billing.metering.ingest(
+        [
+            UsageHeartbeat(
+                sandbox_id=sid,
+                vcpu=16,
+                memory_mb=65536,
+                window_start=start,
+                window_end=clock.now(),
+                cpu_time_us=0,
+            )
+        ]
+    )
+    clock.set(datetime(2030, 6, 1, 2, 0, tzinfo=UTC))  # type: ignore[attr-defined]
+    calls.fail["/v1/invoices"] = 10  # Stripe is down for invoices (and the library's retries)
+    [inv] = svc.billing.invoices.close_due()
+    with svc.db.session() as s:
+        row = s.get(InvoiceRow, inv.id)
+        assert row is not None and row.issued_at is None and row.external_id is None
+    calls.fail.clear()
+    assert svc.billing.invoices.close_due() == []  # nothing new is due ...
+    with svc.db.session() as s:
+        row = s.get(InvoiceRow, inv.id)
+        assert row is not None and row.issued_at is not None  # ... but it was handed over
+        assert row.external_id is not None and row.total_micros > 0
+    created = [k for _, p, _, k in calls.items if p == "/v1/invoices"]
+    assert len(set(created)) == 1  # the same idempotency key every time

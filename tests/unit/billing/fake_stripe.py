@@ -26,6 +26,8 @@ class Calls:
 
     items: list[tuple[str, str, dict[str, str], str | None]] = field(default_factory=list)
     auth: set[str] = field(default_factory=set)
+    # path -> how many more requests to it answer 500 (a Stripe outage)
+    fail: dict[str, int] = field(default_factory=dict)
 
     def paths(self) -> list[str]:
         return [p for _, p, _, _ in self.items]
@@ -46,6 +48,12 @@ def _handler(calls: Calls) -> type[BaseHTTPRequestHandler]:
             form = dict(parse_qsl(self.rfile.read(n).decode()))
             calls.items.append(("POST", self.path, form, self.headers.get("idempotency-key")))
             calls.auth.add(self.headers.get("authorization") or "")
+            if calls.fail.get(self.path, 0) > 0:
+                calls.fail[self.path] -= 1
+                self.send_response(500)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             i = next(seq)
             body: dict[str, Any]
             if self.path == "/v1/customers":

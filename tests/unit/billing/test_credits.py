@@ -95,3 +95,34 @@ def test_grants_count_only_from_their_effective_time(stack: Stack) -> None:
     assert stack.ledger_balance(team) == -1_640_000  # the grant is not yet in force
     stack.clock.set(T0 + 10 * H)
     assert stack.ledger_balance(team) == 5_000_000 - 1_640_000
+
+
+def test_an_account_opened_concurrently_gets_one_welcome_grant(stack: Stack) -> None:
+    import threading
+
+    team, _ = stack.team(promo=False)
+    with stack.db.session() as s:  # a team without an account yet
+        from hutch.db.billing import BillingAccountRow
+
+        s.delete(s.get(BillingAccountRow, team))
+        s.commit()
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_account() -> None:
+        barrier.wait()
+        try:
+            with stack.db.session() as s:
+                stack.credits.ensure_account(s, team)
+                s.commit()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_account) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    with stack.db.session() as s:
+        assert [g.row.amount_micros for g in stack.credits.ledger(s, team).grants] == [50_000_000]

@@ -32,9 +32,10 @@ from hutch.services.credits import GRANT_KINDS
 router = APIRouter(
     prefix="/v1/billing", tags=["billing"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
 )
-InvoiceId = Annotated[str, Path(max_length=64)]
+ID_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
+InvoiceId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 Start = Annotated[datetime | None, Query(description="Default: start of this month (UTC)")]
-End = Annotated[datetime | None, Query(description="Default: now")]
+End = Annotated[datetime | None, Query(description="Default: end of this month (UTC)")]
 WEBHOOK_MAX = 256 * 1024
 
 
@@ -52,7 +53,7 @@ def usage(
     start: Start = None,
     end: End = None,
     group_by: Annotated[UsageGroup, Query()] = UsageGroup.day,
-    project_id: Annotated[str | None, Query(max_length=64)] = None,
+    project_id: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> UsageReport:
     """The team's usage (in the key's mode), grouped per day, project, sandbox or size."""
     return svc.usage.usage(db, actor, group_by, start, end, project_id)
@@ -140,7 +141,11 @@ def invoice_html(invoice_id: InvoiceId, actor: Actor, db: DB, svc: Svc) -> HTMLR
     return HTMLResponse(render_html(invoice_doc(svc.usage.invoice(db, actor, invoice_id))))
 
 
-@router.post("/payment-method", response_model=PaymentSetup)
+@router.post(
+    "/payment-method",
+    response_model=PaymentSetup,
+    responses={503: {"description": "The payment processor did not answer"}},
+)
 async def payment_method(actor: Actor, svc: Svc) -> PaymentSetup:
     """A link where the team adds a card (Stripe). Offline, a server administrator puts the
     team on invoice terms."""

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc
-from hutch.api.errors import PROBLEM_RESPONSES
+from hutch.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
-from hutch.models.common import ErrorCode, HutchError, SandboxState
+from hutch.models.common import ErrorCode, HutchError, Problem, SandboxState
 from hutch.models.sandbox import SandboxStats, SetTimeout
 
 router = APIRouter(
@@ -41,7 +41,14 @@ def metadata_filters(request: Request) -> dict[str, str]:
     "",
     status_code=201,
     response_model=Sandbox,
-    responses={429: {"description": "Quota or create rate exceeded (see Retry-After)"}},
+    responses={
+        402: {
+            "model": Problem,
+            "content": {PROBLEM_JSON: {}},
+            "description": "Credit used up and no payment method (`payment_required`)",
+        },
+        429: {"description": "Quota or create rate exceeded (see Retry-After)"},
+    },
 )
 async def create_sandbox(body: SandboxCreate, actor: Actor, svc: Svc, idem: Idem) -> Response:
     """Create a sandbox and wait until it runs."""

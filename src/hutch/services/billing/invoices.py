@@ -176,8 +176,11 @@ class InvoiceService:
             except IntegrityError:
                 s.rollback()
                 return None
-        self._issue(row)
         log.info("invoice_finalized", invoice_id=row.id, period=period)
+        try:
+            self._issue(row)
+        except Exception as e:  # stays unissued; the next pass hands it over again
+            log.warning("invoice_issue_failed", invoice_id=row.id, error=type(e).__name__)
         return row
 
     def _issue(self, row: InvoiceRow) -> None:
@@ -192,21 +195,33 @@ class InvoiceService:
                 )
             )
         external = self.adapter.issue_invoice(customer_id, invoice_doc(row))
-        if external is None and customer_id is None:
-            return
         with self.db.session() as s:
             stored = s.get(InvoiceRow, row.id)
             acc = s.get(BillingAccountRow, row.team_id)
-            if stored is not None and external is not None:
-                stored.external_id = external
+            if stored is not None:
+                stored.external_id = external or stored.external_id
+                stored.issued_at = self.clock.now()
             if acc is not None and customer_id and acc.customer_id is None:
                 acc.customer_id = customer_id
             s.commit()
 
     def close_due(self) -> list[InvoiceRow]:
-        """Finalize every invoice that is due."""
+        """Finalize every invoice that is due, and hand over again those the processor did not
+        take last time (its idempotency keys make a repeat harmless)."""
         with self.db.session() as s:
             pairs = self.due(s)
+            unissued = list(
+                s.scalars(
+                    select(InvoiceRow).where(
+                        InvoiceRow.issued_at.is_(None), InvoiceRow.status == "finalized"
+                    )
+                )
+            )
+        for pending in unissued:
+            try:
+                self._issue(pending)
+            except Exception as e:
+                log.warning("invoice_issue_failed", invoice_id=pending.id, error=type(e).__name__)
         out = []
         for team_id, period in pairs:
             try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -59,6 +61,15 @@ class EnforcementReport:
     stopped: list[str] = field(default_factory=list)
     invoiced: list[str] = field(default_factory=list)
     reported: int = 0
+
+
+@contextmanager
+def log_failure(event: str) -> Iterator[None]:
+    """Log (by type only) and swallow a failure of one periodic step."""
+    try:
+        yield
+    except Exception as e:
+        log.warning(event, error=type(e).__name__)
 
 
 def has_payment_method(account: BillingAccountRow) -> bool:
@@ -159,8 +170,10 @@ class BillingService:
         now = self.clock.now()
         with self.db.session() as s:
             account = self.credits.ensure_account(s, team_id)
-            ledger = self.credits.ledger(s, team_id)
-            balance = ledger.balance_micros
+            # With a payment method nothing is enforced: skip the ledger.
+            balance = (
+                0 if has_payment_method(account) else self.credits.ledger(s, team_id).balance_micros
+            )
             if has_payment_method(account) or balance > self.low_balance_micros:
                 account.warned_at = account.depleted_at = None
                 s.commit()
@@ -224,25 +237,35 @@ class BillingService:
             await to_thread.run_sync(note)
 
     async def tick(self) -> EnforcementReport:
-        """One pass: warn, stop what must stop, send usage, finalize due invoices."""
+        """One pass: warn, stop what must stop, send usage, finalize due invoices, purge.
+        Each step fails on its own (a Stripe outage must not stop enforcement)."""
         report = EnforcementReport()
         if self.enforce:
-            with self.db.session() as s:
-                teams = self._watched(s)
-            for team_id in teams:
-                if await to_thread.run_sync(self._assess, team_id, report):
-                    await self._stop_team(team_id, report)
+            with log_failure("billing_enforce_failed"):
+                await self._enforce(report)
         if self.adapter.reports_usage:
-            report.reported = await to_thread.run_sync(self.report_usage)
+            with log_failure("usage_report_failed"):
+                report.reported = await to_thread.run_sync(self.report_usage)
         now = self.clock.now()
         if self._closed_at is None or now - self._closed_at >= CLOSE_EVERY:
-            finalized = await to_thread.run_sync(self.invoices.close_due)
-            report.invoiced = [r.id for r in finalized]
-            self._closed_at = now
+            with log_failure("invoice_close_failed"):
+                finalized = await to_thread.run_sync(self.invoices.close_due)
+                report.invoiced = [r.id for r in finalized]
+                self._closed_at = now
         if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
-            await to_thread.run_sync(self.purge_expired)
-            self._purged_at = now
+            with log_failure("billing_purge_failed"):
+                await to_thread.run_sync(self.purge_expired)
+                self._purged_at = now
         return report
+
+    async def _enforce(self, report: EnforcementReport) -> None:
+        def watched() -> list[str]:
+            with self.db.session() as s:
+                return self._watched(s)
+
+        for team_id in await to_thread.run_sync(watched):
+            if await to_thread.run_sync(self._assess, team_id, report):
+                await self._stop_team(team_id, report)
 
     def report_usage(self) -> int:
         """Send unsent live usage of teams with a processor customer as meter events."""

@@ -4,6 +4,8 @@ invoices and signed webhooks. `api_base` points the library elsewhere (a local t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import stripe
@@ -20,6 +22,18 @@ from hutch.services.billing.base import (
 from hutch.services.pricing import micros_to_cents
 
 log = structlog.get_logger("hutch.billing.stripe")
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Stripe failures a caller is waiting on become 503 `billing_unavailable`."""
+    try:
+        yield
+    except stripe.StripeError as e:
+        log.warning("stripe_failed", error=type(e).__name__)
+        raise HutchError(
+            ErrorCode.billing_unavailable, "the payment processor did not answer; try again"
+        ) from None
 
 
 class StripeBilling(BillingAdapter):
@@ -48,6 +62,16 @@ class StripeBilling(BillingAdapter):
         self.currency = currency
 
     def ensure_customer(self, customer: Customer) -> str | None:
+        """The team's Stripe customer id (created once)."""
+        with _unavailable():
+            return self._ensure_customer(customer)
+
+    def setup_link(self, customer_id: str | None) -> str | None:
+        """A Checkout URL in set-up mode."""
+        with _unavailable():
+            return self._setup_link(customer_id)
+
+    def _ensure_customer(self, customer: Customer) -> str | None:
         """Create the team's Stripe customer once (idempotent per team on Stripe's side too)."""
         if customer.customer_id:
             return customer.customer_id
@@ -63,7 +87,7 @@ class StripeBilling(BillingAdapter):
         )
         return str(created.id)
 
-    def setup_link(self, customer_id: str | None) -> str | None:
+    def _setup_link(self, customer_id: str | None) -> str | None:
         """A Checkout session in set-up mode: the team saves a card without paying now."""
         session = self.client.v1.checkout.sessions.create(
             {  # type: ignore[arg-type]

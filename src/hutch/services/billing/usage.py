@@ -50,9 +50,9 @@ class UsageReports:
         self.prices = prices
 
     def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-        now = self.billing.clock.now()
-        start = start or period_bounds(period_of(now))[0]
-        end = end or now
+        month = period_bounds(period_of(self.billing.clock.now()))
+        start = start or month[0]
+        end = end or month[1]
         if end <= start or end - start > MAX_RANGE:
             raise HutchError(
                 ErrorCode.invalid_request,

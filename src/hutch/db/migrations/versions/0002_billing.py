@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("total_micros", sa.BigInteger(), nullable=False),
         sa.Column("lines", sa.JSON(), nullable=False),
         sa.Column("external_id", sa.String(length=64), nullable=True),
+        sa.Column("issued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_invoices")),
         sa.UniqueConstraint("team_id", "period", name="uq_invoices_team_id_period"),

@@ -329,6 +329,7 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
             .replace("{own_key}", "{key_id}")
             .replace("{their_key}", "{key_id}")
             .replace("/upcoming", "/{invoice_id}")
+            .replace("/v1/templates/base", "/v1/templates/{name}")
             .replace("{victim}", "{subject_id}")
             .replace("{suspended}", "{subject_id}"),
         )

@@ -23,9 +23,11 @@ from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, 
 from hutch.services.keys import KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
+from hutch.services.privacy import PrivacyService
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
+from hutch.services.secrets.service import SecretService
 
 JSON = "application/json"
 BODY_MAX = 1 << 20  # JSON bodies of account and sandbox routes
@@ -46,6 +48,8 @@ class Services:
     reconciler: Reconciler
     runner: RunnerPort | None
     metrics: Metrics
+    secrets: SecretService
+    privacy: PrivacyService
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -88,6 +92,14 @@ async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(servi
 DB = Annotated[Session, Depends(get_db)]
 Actor = Annotated[Principal, Depends(principal)]
 Svc = Annotated[Services, Depends(services)]
+
+
+def source_ip(conn: HTTPConnection) -> str | None:
+    """The caller's address, for the admin log."""
+    return conn.client.host if conn.client else None
+
+
+SourceIP = Annotated[str | None, Depends(source_ip)]
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class ErrorCode(StrEnum):
     rate_limited = "rate_limited"
     payment_required = "payment_required"
     account_restricted = "account_restricted"
+    account_erased = "account_erased"
+    secrets_unavailable = "secrets_unavailable"
     runner_unavailable = "runner_unavailable"
     internal = "internal"
 
@@ -118,6 +120,8 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.rate_limited: 429,
     ErrorCode.payment_required: 402,
     ErrorCode.account_restricted: 403,
+    ErrorCode.account_erased: 401,
+    ErrorCode.secrets_unavailable: 503,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.internal: 500,
 }

@@ -166,9 +166,8 @@ class PrivacyService:
             user.email = req.email.lower()
             changed.append("email")
         if changed:
-            self._log(s, actor, "profile.rectified", user.id, source_ip, {"fields": changed})
             try:
-                s.commit()
+                s.flush()  # a taken email fails here, before anything is logged
             except IntegrityError:
                 s.rollback()
                 raise HutchError(
@@ -176,6 +175,8 @@ class PrivacyService:
                     "another user already has this email",
                     errors=[{"loc": ["body", "email"], "field": "email", "msg": "already used"}],
                 ) from None
+            self._log(s, actor, "profile.rectified", user.id, source_ip, {"fields": changed})
+            s.commit()
         return user_wire(user)
 
     # --- restrict and object ---

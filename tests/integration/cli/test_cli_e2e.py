@@ -161,6 +161,14 @@ def test_secrets_commands_never_echo_the_value(api: Server) -> None:
     assert name in [s["name"] for s in listed] and value not in json.dumps(listed)
     r = hutch("secrets", "rewrap", "--rotate", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["rewrapped"] >= 1
+    r = hutch("sandbox", "create", "--secret", f"INJECTED={name}", "--json")
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["sandbox_id"]
+    try:
+        r = hutch("sandbox", "exec", sid, "printenv INJECTED")
+        assert r.stdout == value + "\n"  # still decrypts after the KEK rotation
+    finally:
+        hutch("sandbox", "kill", sid)
     assert hutch("secrets", "rm", name).returncode == 0
     r = hutch("secrets", "rm", name)
     assert r.returncode == 1 and "not_found" in r.stderr

@@ -110,6 +110,14 @@ class PrivacyService:
             raise HutchError(ErrorCode.not_found, "user not found")
         return row
 
+    def _live(self, s: Session, actor: Principal, user_id: str | None) -> UserRow:
+        """`target`, refusing an erased account (its data is only waiting to be purged)."""
+        user = self.target(s, actor, user_id)
+        state = s.get(UserPrivacyRow, user.id)
+        if state is not None and state.erased_at is not None:
+            raise HutchError(ErrorCode.conflict, "this account was erased; it cannot be changed")
+        return user
+
     def _state(self, s: Session, user_id: str, *, create: bool = False) -> UserPrivacyRow | None:
         row = s.get(UserPrivacyRow, user_id, with_for_update=create)
         if row is None and create:
@@ -157,7 +165,7 @@ class PrivacyService:
         source_ip: str | None,
     ) -> User:
         """Correct the profile's name and email."""
-        user = self.target(s, actor, user_id)
+        user = self._live(s, actor, user_id)
         changed = []
         if req.name is not None and req.name != user.name:
             user.name = req.name
@@ -185,7 +193,7 @@ class PrivacyService:
         self, s: Session, actor: Principal, user_id: str | None, on: bool, *, source_ip: str | None
     ) -> PrivacyStatus:
         """Restrict processing (no new sandboxes; data kept) or lift the restriction."""
-        user = self.target(s, actor, user_id)
+        user = self._live(s, actor, user_id)
         row = self._state(s, user.id, create=True)
         assert row is not None
         if on and row.restricted_at is None:
@@ -207,7 +215,7 @@ class PrivacyService:
         source_ip: str | None,
     ) -> PrivacyStatus:
         """Record the purposes the user objects to (replacing the previous list)."""
-        user = self.target(s, actor, user_id)
+        user = self._live(s, actor, user_id)
         row = self._state(s, user.id, create=True)
         assert row is not None
         row.objections = sorted({p.value for p in purposes})

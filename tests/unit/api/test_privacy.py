@@ -282,6 +282,15 @@ def test_an_administrator_erases_another_account(
     )
     assert r.status_code == 202
     assert client.get("/v1/me", headers=target.h).json()["code"] == "account_erased"
+    base = f"/v1/users/{target.user_id}"
+    for method, path, body in (
+        ("PATCH", base, {"name": "back"}),
+        ("PUT", base + "/restriction", None),
+        ("PUT", base + "/objections", {"purposes": []}),
+    ):
+        r = client.request(method, path, headers=world.root.h, json=body)
+        assert (r.status_code, r.json()["code"]) == (409, "conflict"), path
+    assert client.get(base + "/export", headers=world.root.h).status_code == 200
     assert rec.entries[-1]["actor_user_id"] == world.root.user_id
     r = client.delete("/v1/users/usr_nobody", headers=world.root.h, params={"confirm": "x@y.z"})
     assert r.status_code == 404

@@ -23,9 +23,11 @@ from hutch.api.routers import (
     audit,
     billing,
     keys,
+    privacy,
     projects,
     sandbox_proxy,
     sandboxes,
+    secrets,
     system,
     teams,
     templates,
@@ -41,16 +43,20 @@ from hutch.services.clock import Clock, SystemClock
 from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
+from hutch.services.privacy import PrivacyService
 from hutch.services.reconcile import Reconciler
 from hutch.services.retention import register_retention_jobs
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import Limits, SandboxService
 from hutch.services.scheduler import Scheduler
+from hutch.services.secrets.providers import build_provider
+from hutch.services.secrets.service import SecretService
 from hutch.services.suspensions import SuspensionService
 from hutch.services.usage import UsageLog
 
 log = structlog.get_logger("hutch.api")
 BILLING_LEASE = timedelta(minutes=10)  # longer than any billing pass
+ERASURE_PURGE_EVERY = timedelta(hours=1)
 
 
 def build_services(
@@ -80,13 +86,39 @@ def build_services(
         load_signing_key(settings.audit_key_path()),
         checkpoint_every=settings.audit_checkpoint_every,
     )
+    billing = build_billing(settings, db, clock, sandboxes_svc, pepper)
+    sandboxes_svc.create_guards.append(billing.check_create)
+    accounts = AccountService(clock, admin_log, on_team_created=billing.credits.ensure_account)
+    vault_token = settings.vault_token.get_secret_value() if settings.vault_token else None
+    provider = build_provider(
+        settings.kek_provider,
+        data_dir=settings.data_dir,
+        kek_file=settings.kek_file,
+        vault_addr=settings.vault_addr,
+        vault_token=vault_token,
+        vault_mount=settings.vault_transit_mount,
+        vault_key=settings.vault_transit_key,
+        kms_key_id=settings.kms_key_id,
+        kms_region=settings.kms_region,
+        kms_endpoint_url=settings.kms_endpoint_url,
+    )
+    secrets_svc = SecretService(db, provider, accounts, clock, admin_log=admin_log.record)
+    privacy_svc = PrivacyService(
+        db,
+        clock,
+        sandboxes_svc,
+        secrets_svc,
+        admin_log=admin_log.record,
+        pseudonymise_user=billing.pseudonymise_user,
+        grace=timedelta(days=settings.erasure_grace_days),
+    )
+    sandboxes_svc.secret_resolver = secrets_svc.env_for
+    sandboxes_svc.create_guards.append(privacy_svc.guard_create)
 
     def counts() -> dict[str, int]:
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
 
-    billing = build_billing(settings, db, clock, sandboxes_svc, pepper)
-    sandboxes_svc.admission = billing.check_create
     idempotency = IdempotencyService(db, clock)
     usage = UsageLog(db, clock, retention=timedelta(days=settings.usage_retention_days))
     scheduler = Scheduler(db, clock)
@@ -98,6 +130,9 @@ def build_services(
         idempotency=idempotency,
         audit_retention=timedelta(days=settings.audit_retention_days),
     )
+    scheduler.register(
+        "erasure_purge", ERASURE_PURGE_EVERY, lambda: privacy_svc.purge_due(clock.now())
+    )
     # Enforcement, usage reporting and invoicing: once per interval across all API processes.
     scheduler.register(
         "billing", timedelta(seconds=settings.billing_interval_s), billing.tick, lease=BILLING_LEASE
@@ -107,9 +142,7 @@ def build_services(
         db=db,
         clock=clock,
         keys=KeyService(pepper, clock, admin_log),
-        accounts=AccountService(
-            clock, admin_log, on_team_created=billing.credits.ensure_account
-        ),
+        accounts=accounts,
         sandboxes=sandboxes_svc,
         idempotency=idempotency,
         reconciler=Reconciler(
@@ -125,6 +158,8 @@ def build_services(
         scheduler=scheduler,
         exec_audit=ExecAudit(db, clock),
         suspensions=SuspensionService(clock, admin_log, sandboxes_svc),
+        secrets=secrets_svc,
+        privacy=privacy_svc,
     )
 
 
@@ -166,7 +201,7 @@ def create_app(
     app.state.services = svc
     errors.install(app)
     routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates)
-    for module in (*routers, billing, audit, admin):
+    for module in (*routers, billing, audit, admin, privacy, secrets):
         app.include_router(module.router)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage_log)
     return app

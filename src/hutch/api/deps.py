@@ -28,10 +28,12 @@ from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, 
 from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
+from hutch.services.privacy import PrivacyService
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import SandboxService
 from hutch.services.scheduler import Scheduler
+from hutch.services.secrets.service import SecretService
 from hutch.services.suspensions import SuspensionService
 from hutch.services.usage import UsageLog
 
@@ -62,6 +64,8 @@ class Services:
     scheduler: Scheduler  # other services register their periodic jobs here
     exec_audit: ExecAudit
     suspensions: SuspensionService
+    secrets: SecretService
+    privacy: PrivacyService
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -130,6 +134,14 @@ async def principal(conn: HTTPConnection, svc: Annotated[Services, Depends(servi
 DB = Annotated[Session, Depends(get_db)]
 Actor = Annotated[Principal, Depends(principal)]
 Svc = Annotated[Services, Depends(services)]
+
+
+def source_ip(conn: HTTPConnection) -> str | None:
+    """The caller's address, for the admin log."""
+    return conn.client.host if conn.client else None
+
+
+SourceIP = Annotated[str | None, Depends(source_ip)]
 
 
 @dataclass(frozen=True)

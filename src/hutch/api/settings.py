@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -64,6 +65,24 @@ class ApiSettings(Settings):
     )
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     tls13_only: bool = Field(default=False, description="Refuse TLS versions before 1.3")
+
+    # Project secrets: which key-encryption-key provider wraps their data keys.
+    kek_provider: Literal["local", "vault", "kms"] = Field(
+        default="local", description="local key file, HashiCorp Vault transit, or AWS KMS"
+    )
+    kek_file: Path | None = Field(
+        default=None, description="Local KEK file; default: DATA_DIR/kek.json (created 0600)"
+    )
+    vault_addr: str | None = Field(default=None, description="e.g. https://vault:8200")
+    vault_token: SecretStr | None = None
+    vault_transit_mount: str = "transit"
+    vault_transit_key: str = Field(default="hutch", description="A derived transit key")
+    kms_key_id: str | None = Field(default=None, description="KMS key id, ARN or alias")
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = None
+    erasure_grace_days: int = Field(
+        default=30, ge=0, le=30, description="Days between an erasure and its purge"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:

@@ -7,7 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach every command group; each group module owns its own commands."""
-    from hutch.cli import accounts, audit, billing, sandbox, serve, template
+    from hutch.cli import accounts, audit, billing, privacy, sandbox, serve, template
 
     serve.register(app)
     app.add_typer(sandbox.app, name="sandbox")
@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(template.app, name="template")
     app.add_typer(accounts.projects, name="projects")
     app.add_typer(accounts.users, name="users")
-    app.command("me")(accounts.me)
+    app.add_typer(privacy.me, name="me")
+    app.add_typer(privacy.secrets, name="secrets")
     app.command("usage")(billing.usage)
     app.add_typer(billing.billing, name="billing")
     audit.register(app, accounts.users)

@@ -59,12 +59,17 @@ def create(
     metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE")] = (
         None
     ),
+    secret: Annotated[
+        list[str] | None,
+        typer.Option("--secret", "-s", help="Project secret as env: NAME or ENV_NAME=NAME"),
+    ] = None,
     api_url: c.ApiUrl = None,
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
     """Create a sandbox and print its id."""
     envs, meta = c.parse_kv(env, "--env"), c.parse_kv(metadata, "--metadata")
+    secrets = {s.partition("=")[0]: s.partition("=")[2] or s for s in secret or []}
     cfg = c.config(api_url, api_key)
     sb = Sandbox.create(
         template,
@@ -75,6 +80,7 @@ def create(
         isolation=isolation,
         envs=envs,
         metadata=meta,
+        secrets=secrets or None,
         api_url=cfg.api_url,
         api_key=cfg.api_key,
         request_timeout=cfg.request_timeout,

@@ -159,7 +159,7 @@ class IdempotencyRow(Base):
     __table_args__ = (Index("ix_idempotency_records_created_at", "created_at"),)
 
 
-# Billing tables live in their own module; importing it registers them on the same metadata.
-# Tables kept in modules of their own register on the same metadata.
+# Tables kept in modules of their own, imported here so the metadata (and Alembic) see them.
 from hutch.db import audit as _audit  # noqa: E402, F401
-from hutch.db import billing as _billing  # noqa: E402,F401
+from hutch.db import billing as _billing  # noqa: E402, F401
+from hutch.db import privacy as _privacy  # noqa: E402, F401

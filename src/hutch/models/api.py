@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch.models.common import IsolationClass, SandboxState, WireModel
+from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec
 
 T = TypeVar("T")
@@ -88,8 +89,14 @@ class SandboxCreate(SandboxSpec):
     """Create a sandbox: its spec plus free-form metadata to find it again."""
 
     metadata: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] | dict[str, str] = Field(
+        default_factory=list,
+        description="Project secrets to inject as environment variables: names (the env name is "
+        "the secret name) or {ENV_NAME: SECRET_NAME}",
+    )
 
     _check_metadata = field_validator("metadata")(check_metadata)
+    _check_secrets = field_validator("secrets")(check_secret_refs)
 
 
 class Sandbox(WireModel):

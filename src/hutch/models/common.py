@@ -86,6 +86,8 @@ class ErrorCode(StrEnum):
     webhook_signature_invalid = "webhook_signature_invalid"
     account_restricted = "account_restricted"
     account_suspended = "account_suspended"
+    account_erased = "account_erased"
+    secrets_unavailable = "secrets_unavailable"
     runner_unavailable = "runner_unavailable"
     billing_unavailable = "billing_unavailable"
     internal = "internal"
@@ -123,6 +125,8 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.webhook_signature_invalid: 400,
     ErrorCode.account_restricted: 403,
     ErrorCode.account_suspended: 403,
+    ErrorCode.account_erased: 401,
+    ErrorCode.secrets_unavailable: 503,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.billing_unavailable: 503,
     ErrorCode.internal: 500,

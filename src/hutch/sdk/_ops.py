@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from hutch.models.common import ExecUser, IsolationClass, SandboxState
 from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
+from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
 from hutch.sdk._http import Call, no_content
 from hutch.sdk.types import SandboxInfo, SandboxPage
@@ -60,6 +61,7 @@ def create_sandbox(
     envs: dict[str, str] | None,
     metadata: dict[str, str] | None,
     idempotency_key: str | None = None,
+    secrets: list[str] | dict[str, str] | None = None,
 ) -> Call[SandboxInfo]:
     """POST /v1/sandboxes; validated locally first so mistakes fail before any network."""
     spec = SandboxSpec(
@@ -72,6 +74,10 @@ def create_sandbox(
         env=dict(envs or {}),
     )
     body = {**spec.model_dump(mode="json"), "metadata": dict(metadata or {})}
+    if secrets:
+        body["secrets"] = check_secret_refs(
+            list(secrets) if isinstance(secrets, list | tuple) else dict(secrets)
+        )
     return Call(
         "POST",
         "/v1/sandboxes",

@@ -9,10 +9,27 @@ from typing import Any
 from urllib.parse import quote
 
 from hutch.sdk import _ops
-from hutch.sdk._http import SyncHttp
+from hutch.sdk._http import Call, SyncHttp, no_content
 from hutch.sdk.config import ConnectionConfig
 
 MAX_PAGES = 10_000
+
+
+def _json(resp: Any) -> Any:
+    return resp.json()
+
+
+def _bytes(resp: Any) -> bytes:
+    return bytes(resp.content)
+
+
+def _secret_path(project_id: str, name: str = "") -> str:
+    base = f"/v1/projects/{quote(project_id, safe='')}/secrets"
+    return f"{base}/{quote(name, safe='')}" if name else base
+
+
+def _user_path(user_id: str | None) -> str:
+    return "/v1/me" if user_id is None else f"/v1/users/{quote(user_id, safe='')}"
 
 
 def _items(page: Any) -> tuple[list[dict[str, Any]], str | None]:
@@ -160,6 +177,57 @@ class Hutch:
         """Terminate a user or team for good (keys revoked, sandboxes killed)."""
         answer: dict[str, Any] = self._admin(kind, subject_id, "terminate", reason)
         return answer
+    # project secrets (values are write-only)
+    def set_secret(self, project_id: str, name: str, value: str) -> dict[str, Any]:
+        """Create or replace a secret; the answer holds its metadata, never the value."""
+        call = Call("PUT", _secret_path(project_id, name), _json, json={"value": value})
+        return self._http.send(call)
+
+    def list_secrets(self, project_id: str) -> list[dict[str, Any]]:
+        """Names and metadata of a project's secrets."""
+        return list(self._list(_secret_path(project_id)))
+
+    def delete_secret(self, project_id: str, name: str) -> None:
+        """Delete a secret."""
+        self._http.send(no_content("DELETE", _secret_path(project_id, name)))
+
+    def rewrap_secrets(self, rotate: bool = False) -> dict[str, Any]:
+        """Rewrap every data key under the current KEK (admin keys; optionally rotate first)."""
+        return self._http.send(_ops.post_json("/v1/secrets/rewrap", {"rotate": rotate}))
+
+    # data-subject rights (`user_id` None: the key's own user; otherwise admin keys only)
+    def update_profile(self, user_id: str | None = None, **fields: str) -> dict[str, Any]:
+        """Correct the profile (name, email)."""
+        return self._http.send(Call("PATCH", _user_path(user_id), _json, json=fields))
+
+    def export_data(self, user_id: str | None = None) -> bytes:
+        """Everything held about the user, as zip bytes."""
+        return self._http.send(Call("GET", _user_path(user_id) + "/export", _bytes))
+
+    def privacy_status(self, user_id: str | None = None) -> dict[str, Any]:
+        """Restriction, objections and erasure state."""
+        return self._http.send(_ops.get_json(_user_path(user_id) + "/privacy"))
+
+    def restrict(self, on: bool = True, user_id: str | None = None) -> dict[str, Any]:
+        """Restrict processing (no new sandboxes), or lift the restriction."""
+        method = "PUT" if on else "DELETE"
+        return self._http.send(Call(method, _user_path(user_id) + "/restriction", _json))
+
+    def set_objections(self, purposes: list[str], user_id: str | None = None) -> dict[str, Any]:
+        """Object to optional processing (replaces the previous list)."""
+        call = Call("PUT", _user_path(user_id) + "/objections", _json, json={"purposes": purposes})
+        return self._http.send(call)
+
+    def erase_account(self, confirm_email: str, user_id: str | None = None) -> dict[str, Any]:
+        """Erase the account (access ends at once; data purged within 30 days)."""
+        call = Call(
+            "DELETE",
+            _user_path(user_id),
+            _json,
+            params=(("confirm", confirm_email),),
+            idempotent=False,
+        )
+        return self._http.send(call)
 
     def list_templates(self) -> list[dict[str, Any]]:
         """Templates sandboxes can start from."""

@@ -10,6 +10,7 @@ from hutch.models.common import ErrorCode
 __all__ = [
     "ERROR_CLASSES",
     "APIConnectionError",
+    "AccountErasedError",
     "AccountRestrictedError",
     "AccountSuspendedError",
     "AuthenticationError",
@@ -43,6 +44,7 @@ __all__ = [
     "SandboxNotADirectoryError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
+    "SecretsUnavailableError",
     "ServiceUnavailableError",
     "TemplateNotFoundError",
     "TemplateNotReadyError",
@@ -132,6 +134,12 @@ class KeyExpiredError(AuthenticationError):
     """The API key expired (e.g. its rotation grace period ended)."""
 
     default_code = ErrorCode.key_expired
+
+
+class AccountErasedError(AuthenticationError):
+    """The account owning the key asked to be erased; its access ended at once."""
+
+    default_code = ErrorCode.account_erased
 
 
 class PermissionDeniedError(HutchSDKError):
@@ -301,6 +309,12 @@ class CapacityExhaustedError(ServiceUnavailableError):
     """No runner has room for another sandbox right now."""
 
     default_code = ErrorCode.capacity_exhausted
+
+
+class SecretsUnavailableError(ServiceUnavailableError):
+    """The key-encryption-key provider (local key file, Vault, KMS) could not be used."""
+
+    default_code = ErrorCode.secrets_unavailable
 
 
 class RunnerUnavailableError(ServiceUnavailableError):

@@ -22,7 +22,15 @@ from hutch.services.permissions import Principal
 
 # Tables whose rows decide who a key is and what it may do.
 AUTH_TABLES = frozenset(
-    {"users", "api_keys", "teams", "team_members", "projects", "account_suspensions"}
+    {
+        "users",
+        "api_keys",
+        "teams",
+        "team_members",
+        "projects",
+        "account_suspensions",
+        "user_privacy",
+    }
 )
 MAX_ENTRIES = 10_000
 _DIRTY = "hutch_auth_dirty"

@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from hutch.db.models import ApiKeyRow, MemberRow, ProjectRow, UserRow
+from hutch.db.privacy import UserPrivacyRow
 from hutch.ids import new_id
 from hutch.models.api import (
     ApiKey,
@@ -103,6 +104,10 @@ def _unauthenticated(detail: str) -> HutchError:
     return HutchError(ErrorCode.unauthenticated, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _unauthenticated_as(code: ErrorCode, detail: str) -> HutchError:
+    return HutchError(code, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 def _not_found(what: str = "API key") -> HutchError:
     return HutchError(ErrorCode.not_found, f"{what} not found")
 
@@ -144,16 +149,22 @@ class KeyService:
                 ProjectRow.team_id,
                 ProjectRow.audit_exec,
                 MemberRow.role,
+                UserPrivacyRow.erased_at,
             )
             .join(UserRow, UserRow.id == ApiKeyRow.user_id)
             .join(ProjectRow, ProjectRow.id == ApiKeyRow.project_id)
             .outerjoin(MemberRow, member)
+            .outerjoin(UserPrivacyRow, UserPrivacyRow.user_id == ApiKeyRow.user_id)
             .where(ApiKeyRow.key_hash == self.hash(key))
         ).one_or_none()
         if row is None:
             raise _unauthenticated("the API key is not valid")
-        k, is_admin, disabled_at, team_id, audit_exec, role = row
+        k, is_admin, disabled_at, team_id, audit_exec, role, erased_at = row
         now = self.clock.now()
+        if erased_at is not None:
+            raise _unauthenticated_as(
+                ErrorCode.account_erased, "the account owning this key was erased"
+            )
         if k.revoked_at is not None:
             raise HutchError(ErrorCode.key_revoked, "this API key was revoked")
         if k.expires_at is not None and k.expires_at <= now:

@@ -19,12 +19,14 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
+from hutch.db.privacy import SandboxOwnerRow
 from hutch.db.session import Database
 from hutch.ids import new_id
 from hutch.models.api import Mode, Page, Sandbox, SandboxCreate, Scope
 from hutch.models.common import ErrorCode, HutchError, IsolationClass, SandboxState
 from hutch.models.events import StateEvent
-from hutch.models.sandbox import RunnerCreate, SandboxInfo, SandboxStats, SetTimeout
+from hutch.models.privacy import secret_pairs
+from hutch.models.sandbox import RunnerCreate, SandboxInfo, SandboxStats, SetTimeout, check_env
 from hutch.services.clock import Clock
 from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal
@@ -38,6 +40,8 @@ ACTIVE = (SandboxState.creating.value, SandboxState.running.value, SandboxState.
 TERMINAL = (SandboxState.stopped.value, SandboxState.failed.value)
 QUOTA_RETRY_AFTER_S = 5
 LIVE_MAX = 100_000  # ids remembered as running (about 10 MB at most)
+# Decrypts named project secrets for a key as {ENV_NAME: value}; values live in memory only.
+SecretResolver = Callable[[Principal, Sequence[tuple[str, str]]], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,10 @@ class SandboxService:
         # sandbox that ended by other means (timeout, another API process).
         self.live: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._live_lock = threading.Lock()
-        # Billing's check (402 when credit is used up); runs before anything is persisted.
-        self.admission: Callable[[Principal], None] | None = None
+        # Checks run before a create is admitted (a restricted account, credit used up); each
+        # may raise.
+        self.create_guards: list[Callable[[Principal], None]] = []
+        self.secret_resolver: SecretResolver | None = None
 
     def require_runner(self) -> RunnerPort:
         if self.runner is None:
@@ -219,6 +225,8 @@ class SandboxService:
                 meta=[SandboxMetadataRow(key=k, value=v) for k, v in spec.metadata.items()],
             )
             s.add(row)
+            s.flush()
+            s.add(SandboxOwnerRow(sandbox_id=row.id, user_id=actor.user_id))
             s.commit()
             self.inflight.add(row.id)
             return row.id
@@ -264,11 +272,18 @@ class SandboxService:
                 f"{self.limits.create_rate_per_minute} per minute",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        if self.admission is not None:
-            await to_thread.run_sync(self.admission, actor)
+        for guard in self.create_guards:
+            await to_thread.run_sync(guard, actor)
+        # Decrypted before anything is persisted (an unknown name leaves nothing behind) and
+        # handed only to the runner: never to the row, the idempotency record or a log.
+        env = await self._env(actor, req)
         sandbox_id = await to_thread.run_sync(self._admit, actor, req)
         try:
-            create = RunnerCreate(sandbox_id=sandbox_id, **req.model_dump(exclude={"metadata"}))
+            create = RunnerCreate(
+                sandbox_id=sandbox_id,
+                env=env,
+                **req.model_dump(exclude={"metadata", "secrets", "env"}),
+            )
             try:
                 info = await runner.create(create)
             except HutchError as e:
@@ -294,6 +309,33 @@ class SandboxService:
             return wire
         finally:
             self.inflight.discard(sandbox_id)
+
+    async def _env(self, actor: Principal, req: SandboxCreate) -> dict[str, str]:
+        """The sandbox's environment: `env` plus decrypted secrets (names may not clash)."""
+        pairs = secret_pairs(req.secrets)
+        if not pairs:
+            return dict(req.env)
+        if self.secret_resolver is None:
+            raise HutchError(ErrorCode.invalid_request, "this server has no secrets configured")
+        if clash := sorted({e for e, _ in pairs} & req.env.keys()):
+            raise HutchError(
+                ErrorCode.invalid_request,
+                f"{', '.join(clash)} named both in env and in secrets; name each variable once",
+                errors=[
+                    {"loc": ["body", "secrets"], "field": "secrets", "msg": "clashes with env"}
+                ],
+            )
+        resolved = await to_thread.run_sync(self.secret_resolver, actor, pairs)
+        env = {**req.env, **resolved}
+        try:
+            check_env(env)
+        except ValueError as e:
+            raise HutchError(
+                ErrorCode.invalid_request,
+                str(e),
+                errors=[{"loc": ["body", "secrets"], "field": "secrets", "msg": str(e)}],
+            ) from None
+        return env
 
     def _fail(self, sandbox_id: str, reason: str) -> None:
         self._transition(sandbox_id, SandboxState.failed, reason=reason)

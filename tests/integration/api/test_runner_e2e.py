@@ -69,3 +69,30 @@ def test_exec_stream_through_the_real_runner(full_server: Server) -> None:
         assert ws.recv() == b"\x01ping\n"
         ws.send(json.dumps({"type": "close_stdin"}))
         assert json.loads(ws.recv())["type"] == "exit"
+
+
+def test_a_secret_reaches_the_sandbox_env_and_nothing_else(full_server: Server, database) -> None:  # type: ignore[no-untyped-def]
+    from tests.unit.api.test_secrets import everything_stored
+
+    marker = "E2EMARKER" + os.urandom(8).hex()
+    h = full_server.admin_headers()
+    with httpx.Client(base_url=full_server.url, headers=h, timeout=120) as c:
+        project = c.get("/v1/me").json()["project"]["project_id"]
+        r = c.put(f"/v1/projects/{project}/secrets/E2E_SECRET", json={"value": marker})
+        assert r.status_code == 201, r.text
+        r = c.post(
+            "/v1/sandboxes",
+            headers={"Idempotency-Key": "e2e-secret"},
+            json={"secrets": {"INJECTED": "E2E_SECRET"}, "env": {"PLAIN": "p"}},
+        )
+        assert r.status_code == 201, r.text
+        assert marker not in r.text
+        url = f"/v1/sandboxes/{r.json()['sandbox_id']}"
+        out = c.post(f"{url}/exec", json={"cmd": ["printenv", "INJECTED", "PLAIN"]}).json()
+        assert out["stdout"] == f"{marker}\np\n"
+        assert c.delete(url).status_code == 204
+    assert full_server.stop() == 0
+    assert "secret_written" in full_server.output()  # the log is there, and...
+    assert marker not in full_server.output()  # ...holds no value
+    assert marker.encode() not in everything_stored(database)
+    assert marker.encode() not in (full_server.data_dir / "kek.json").read_bytes()

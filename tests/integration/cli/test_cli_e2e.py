@@ -156,3 +156,65 @@ def test_shell_is_an_interactive_terminal(sandbox_id: str) -> None:
             proc.kill()
         os.close(leader)
         os.close(follower)
+
+
+def test_secrets_commands_never_echo_the_value(api: Server) -> None:
+    tag = os.urandom(4).hex()
+    name, value = f"CLI_{tag}", f"CLIMARKER{tag}"
+    r = hutch("secrets", "set", name, input=value + "\n")
+    assert r.returncode == 0, r.stderr
+    assert value not in r.stdout + r.stderr and "version 1" in r.stdout
+    listed = json.loads(hutch("secrets", "ls", "--json").stdout)
+    assert name in [s["name"] for s in listed] and value not in json.dumps(listed)
+    r = hutch("secrets", "rewrap", "--rotate", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["rewrapped"] >= 1
+    r = hutch("sandbox", "create", "--secret", f"INJECTED={name}", "--json")
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["sandbox_id"]
+    try:
+        r = hutch("sandbox", "exec", sid, "printenv INJECTED")
+        assert r.stdout == value + "\n"  # still decrypts after the KEK rotation
+    finally:
+        hutch("sandbox", "kill", sid)
+    assert hutch("secrets", "rm", name).returncode == 0
+    r = hutch("secrets", "rm", name)
+    assert r.returncode == 1 and "not_found" in r.stderr
+
+
+def test_me_commands(api: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    import httpx
+
+    tag = os.urandom(4).hex()
+    email = f"cli-{tag}@example.test"
+    with httpx.Client(
+        base_url=api.url, headers={"Authorization": f"Bearer {api.admin_key}"}, timeout=30
+    ) as c:
+        team = c.get("/v1/me").json()["project"]["team_id"]
+        user = c.post("/v1/users", json={"email": email, "name": "cli"}).json()["user_id"]
+        c.post(f"/v1/teams/{team}/members", json={"user_id": user, "role": "member"})
+        key = c.post("/v1/keys", json={"name": "cli", "user_id": user}).json()["key"]
+    monkeypatch.setenv("HUTCH_API_KEY", key)
+    r = hutch("me", "update", "--name", "Renamed", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["name"] == "Renamed", r.stderr
+    out = tmp_path / "export.zip"
+    r = hutch("me", "export", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(out) as z:
+        assert json.loads(z.read("profile.json"))["name"] == "Renamed"
+        assert {"teams.json", "api_keys.json", "sandboxes.json", "secrets.json"} <= set(
+            z.namelist()
+        )
+    assert hutch("me", "restrict").returncode == 0
+    r = hutch("sandbox", "create")
+    assert r.returncode == 1 and "account_restricted" in r.stderr
+    assert hutch("me", "restrict", "--lift").returncode == 0
+    r = hutch("me", "object", "marketing", "--json")
+    assert json.loads(r.stdout)["objections"] == ["marketing"]
+    r = hutch("me", "erase", "--confirm", "wrong@example.test")
+    assert r.returncode == 1 and "confirm" in r.stderr
+    r = hutch("me", "erase", "--confirm", email)
+    assert r.returncode == 0, r.stderr
+    r = hutch("me")
+    assert r.returncode == 1 and "account_erased" in r.stderr

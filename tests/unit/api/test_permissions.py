@@ -48,6 +48,8 @@ def _unique(_: dict[str, str]) -> dict[str, str]:
 
 
 SBX = "/v1/sandboxes/{sbx}"
+SECRETS = "/v1/projects/{project}/secrets"
+USER = "/v1/users/{target}"
 CASES = [
     Case("GET", "/v1/me", "viewer", 200, other=200),
     Case("GET", "/v1/users", "root", 200, other=403),
@@ -172,6 +174,35 @@ CASES = [
         fresh=("victim",),
         body=lambda p: {"reason": "abuse"},
     ),
+    # project secrets
+    Case(
+        "PUT",
+        SECRETS + "/{newname}",
+        "admin",
+        201,
+        fresh=("newname",),
+        body=lambda p: {"value": "v"},
+    ),
+    Case("GET", SECRETS, "viewer", 200),
+    Case("GET", SECRETS + "/{secret}", "viewer", 200),
+    Case("DELETE", SECRETS + "/{secret}", "admin", 204, fresh=("secret",)),
+    Case("POST", "/v1/secrets/rewrap", "root", 200, other=403, body=lambda p: {}),
+    # data-subject rights: the caller's own account
+    Case("PATCH", "/v1/me", "viewer", 200, other=200, body=lambda p: {"name": "N"}),
+    Case("GET", "/v1/me/privacy", "viewer", 200, other=200),
+    Case("GET", "/v1/me/export", "viewer", 200, other=200),
+    Case("PUT", "/v1/me/restriction", "viewer", 200, other=200),
+    Case("DELETE", "/v1/me/restriction", "viewer", 200, other=200),
+    Case("PUT", "/v1/me/objections", "viewer", 200, other=200, body=lambda p: {"purposes": []}),
+    Case("DELETE", "/v1/me?confirm={my_email}", "viewer", 202, other=202, fresh=("my_email",)),
+    # ...and, for server administrators, anyone's
+    Case("PATCH", USER, "root", 200, other=403, body=lambda p: {"name": "N"}),
+    Case("GET", USER + "/privacy", "root", 200, other=403),
+    Case("GET", USER + "/export", "root", 200, other=403),
+    Case("PUT", USER + "/restriction", "root", 200, other=403),
+    Case("DELETE", USER + "/restriction", "root", 200, other=403),
+    Case("PUT", USER + "/objections", "root", 200, other=403, body=lambda p: {"purposes": []}),
+    Case("DELETE", USER + "?confirm={target_email}", "root", 202, other=403),
 ]
 
 
@@ -225,6 +256,25 @@ class Fixtures:
 
     def _target(self) -> str:
         return add_user(self.svc, self.world.team_id, self.world.project_id, Role.viewer).user_id
+
+    def _newname(self) -> str:
+        return f"S{next(_seq)}"
+
+    def _secret(self) -> str:
+        name = f"S{next(_seq)}"
+        r = self.client.put(
+            f"/v1/projects/{self.world.project_id}/secrets/{name}",
+            headers=self.world.owner.h,
+            json={"value": "v"},
+        )
+        assert r.status_code == 201, r.text
+        return name
+
+    def _my_email(self) -> str:
+        return f"{self.caller.user_id}@example.test"
+
+    def _target_email(self) -> str:
+        return f"{self['target']}@example.test"
 
     def _own_key(self) -> str:
         c = self.caller
@@ -326,6 +376,8 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
             .replace("{project}", "{project_id}")
             .replace("{sbx}", "{sandbox_id}")
             .replace("{target}", "{user_id}")
+            .replace("{newname}", "{name}")
+            .replace("{secret}", "{name}")
             .replace("{own_key}", "{key_id}")
             .replace("{their_key}", "{key_id}")
             .replace("/upcoming", "/{invoice_id}")

@@ -44,8 +44,22 @@ def test_create_body_and_idempotency_key() -> None:
     assert a.idempotent  # safe to replay: the key makes the server answer the first result
 
 
+def test_create_names_secrets_only() -> None:
+    assert _create(secrets=["TOKEN"]).json["secrets"] == ["TOKEN"]
+    assert _create(secrets={"ENV": "TOKEN"}).json["secrets"] == {"ENV": "TOKEN"}
+    assert "secrets" not in _create().json
+
+
 @pytest.mark.parametrize(
-    "bad", [{"vcpu": 99}, {"envs": {"1BAD": "x"}}, {"template": "Bad Name"}, {"isolation": "vm"}]
+    "bad",
+    [
+        {"vcpu": 99},
+        {"envs": {"1BAD": "x"}},
+        {"template": "Bad Name"},
+        {"isolation": "vm"},
+        {"secrets": ["has space"]},
+        {"secrets": {"1ENV": "TOKEN"}},
+    ],
 )
 def test_invalid_create_fails_locally(bad: dict[str, object]) -> None:
     with pytest.raises((ValidationError, ValueError)):

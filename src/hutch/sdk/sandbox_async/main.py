@@ -110,12 +110,14 @@ class AsyncSandbox:
         isolation: IsolationClass | str = IsolationClass.namespace,
         envs: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
+        secrets: list[str] | dict[str, str] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncSandbox:
-        """Create a sandbox and wait until it runs. `timeout` is its lifetime in seconds."""
+        """Create a sandbox and wait until it runs. `timeout` is its lifetime in seconds;
+        `secrets` names project secrets to inject as env (or maps ENV_NAME to SECRET_NAME)."""
         call = _ops.create_sandbox(
             template=template,
             timeout=timeout,
@@ -126,6 +128,7 @@ class AsyncSandbox:
             envs=envs,
             metadata=metadata,
             idempotency_key=idempotency_key,
+            secrets=secrets,
         )
         http = AsyncHttp(ConnectionConfig.resolve(api_url, api_key, request_timeout))
         try:

@@ -1,0 +1,1 @@
+"""Project secrets: envelope encryption under a key-encryption key from a provider."""

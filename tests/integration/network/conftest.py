@@ -188,14 +188,18 @@ def _health(sock: Path) -> bool:
         return False
 
 
-def start_net_runner(world: World, data_dir: Path, uid_base: int) -> NetRunner:
-    """Start `python -m hutch.runner` in the world's host namespace; wait until it answers."""
+def start_net_runner(
+    world: World, data_dir: Path, uid_base: int, pool: str = "10.200.0.0/16"
+) -> NetRunner:
+    """Start `python -m hutch.runner` in the world's host namespace; wait until it answers.
+    Runners sharing the namespace need address pools of their own."""
     data_dir.mkdir(mode=0o711, exist_ok=True)
     env = {
         **os.environ,
         "HUTCH_RUNNER_TEMPLATE_DIR": str(SHARED_TEST_TEMPLATE_DIR),
         "HUTCH_RUNNER_UID_BASE": str(uid_base),
         "HUTCH_RUNNER_NETWORK_DNS": DNS,
+        "HUTCH_RUNNER_NETWORK_POOL": pool,
     }
     log = (data_dir.parent / f"{data_dir.name}.log").open("ab")
     proc = in_ns(

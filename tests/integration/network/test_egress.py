@@ -218,10 +218,13 @@ HOSTILE_POLICIES = [
     NetworkPolicy(allow_cidrs=["198.18.0.0/16", "10.0.0.0/8"]),
     NetworkPolicy(allow_domains=["hostaddr.test", "loop.test"]),
     NetworkPolicy(allow_public=True, allow_cidrs=["0.0.0.0/2", "128.0.0.0/1"]),
+    NetworkPolicy(allow_public=True, deny_domains=["other.test"]),  # public, via the proxy
 ]
 
 
-@pytest.mark.parametrize("policy", HOSTILE_POLICIES, ids=["public", "cidrs", "domains", "all"])
+@pytest.mark.parametrize(
+    "policy", HOSTILE_POLICIES, ids=["public", "cidrs", "domains", "all", "proxied"]
+)
 async def test_host_services_unreachable_under_every_policy(
     client: RunnerClient, new_sandbox: NewSandbox, policy: NetworkPolicy
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hutch.models.common import IsolationClass, SandboxState, WireModel
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxSpec
 
 T = TypeVar("T")
@@ -106,6 +107,9 @@ class Sandbox(WireModel):
     expires_at: datetime
     ended_at: datetime | None = None
     end_reason: str | None = None
+    network: NetworkPolicy | None = Field(
+        default=None, description="Egress policy; null: no network but loopback"
+    )
 
 
 # --- accounts ---

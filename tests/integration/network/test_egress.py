@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from hutch.models import ExecRequest, NetworkPolicy
+from hutch.models import (
+    ErrorCode,
+    ExecRequest,
+    HutchError,
+    IsolationClass,
+    NetworkPolicy,
+    RunnerCreate,
+)
 from hutch.runner.client import RunnerClient
 from tests.integration.network.conftest import (
     HOST_UPLINK,
@@ -283,3 +290,14 @@ async def test_stats_count_network_bytes(client: RunnerClient, new_sandbox: NewS
     after = await client.stats(sid)
     assert after.net_rx_bytes - before.net_rx_bytes >= 300_000
     assert after.net_tx_bytes > before.net_tx_bytes
+
+
+async def test_gvisor_refuses_policies_loudly(client: RunnerClient) -> None:
+    # gVisor has no egress seam yet: asking for a policy is an error, never a weaker sandbox
+    with pytest.raises(HutchError) as e:
+        await client.create(
+            RunnerCreate(isolation=IsolationClass.gvisor, network=NetworkPolicy(allow_public=True))
+        )
+    assert e.value.code == ErrorCode.isolation_unavailable
+    assert "gvisor" in str(e.value.detail)
+    assert [s for s in await client.list() if s.isolation == IsolationClass.gvisor] == []

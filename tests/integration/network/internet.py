@@ -32,7 +32,7 @@ ZONE = {
 }
 
 
-class Zone(BaseResolver):  # type: ignore[misc]
+class Zone(BaseResolver):
     def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()

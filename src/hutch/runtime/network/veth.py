@@ -51,13 +51,14 @@ def link_for(prefix: str, pool: ipaddress.IPv4Network, slot: int) -> Link:
 
 async def create(link: Link, sandbox_pid: int) -> None:
     """Create the pair (peer inside the sandbox) and address the host end, still down."""
-    await _run(
-        "ip", "link", "add", link.ifname, "type", "veth",
-        "peer", "name", SANDBOX_IFNAME, "netns", str(sandbox_pid),
-    )  # fmt: skip
-    # The sandbox speaks IPv4 only; no IPv6 link-local address on the host end either.
+    script = (
+        f"link add {link.ifname} type veth peer name {SANDBOX_IFNAME} netns {sandbox_pid}\n"
+        f"addr add {link.gateway}/30 dev {link.ifname}\n"
+    )
+    await _run("ip", "-batch", "-", stdin=script)
+    # The sandbox speaks IPv4 only; no IPv6 link-local address on the host end either (it
+    # would be assigned when the link goes up).
     Path(f"/proc/sys/net/ipv6/conf/{link.ifname}/disable_ipv6").write_text("1")
-    await _run("ip", "addr", "add", f"{link.gateway}/30", "dev", link.ifname)
 
 
 async def configure_inside(link: Link, sandbox_pid: int) -> None:

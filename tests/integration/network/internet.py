@@ -44,35 +44,46 @@ class Zone(BaseResolver):
 
 
 async def http(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Keep-alive HTTP/1.1: "/" answers and waits for the next request; a request body (by
+    Content-Length) is read and ignored."""
     try:
-        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-        lines = head.decode(errors="replace").split("\r\n")
-        path = lines[0].split(" ")[1]
-        hosts = [ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("host:")]
-        host = hosts[0] if hosts else ""
-        here = w.get_extra_info("sockname")[0]
-        if path.startswith("/bytes/"):
-            n = int(path.split("/")[2])
-            w.write(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n".encode())
-            chunk = b"x" * 65536
-            while n > 0:
-                w.write(chunk[: min(n, len(chunk))])
-                n -= min(n, len(chunk))
-                await w.drain()
-        elif path == "/stream":
-            w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-            for _ in range(600):  # a minute at most
-                w.write(b"tick\n")
-                await w.drain()
-                await asyncio.sleep(0.05)
-        else:
+        while True:
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+            lines = head.decode(errors="replace").split("\r\n")
+            path = lines[0].split(" ")[1]
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+            }
+            await r.readexactly(int(fields.get("content-length", "0")))
+            if fields.get("transfer-encoding", "").lower() == "chunked":
+                while size := int((await r.readuntil(b"\r\n")).strip(), 16):
+                    await r.readexactly(size + 2)
+                await r.readuntil(b"\r\n")
+            host = fields.get("host", "")
+            here = w.get_extra_info("sockname")[0]
+            if path.startswith("/bytes/"):
+                n = int(path.split("/")[2])
+                w.write(
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n".encode()
+                )
+                chunk = b"x" * 65536
+                while n > 0:
+                    w.write(chunk[: min(n, len(chunk))])
+                    n -= min(n, len(chunk))
+                    await w.drain()
+                return
+            if path == "/stream":
+                w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                for _ in range(600):  # a minute at most
+                    w.write(b"tick\n")
+                    await w.drain()
+                    await asyncio.sleep(0.05)
+                return
             body = f"hello host={host} addr={here}\n".encode()
-            w.write(
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-        await w.drain()
+            w.write(b"HTTP/1.1 200 OK\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await w.drain()
+            if fields.get("connection", "").lower() == "close":
+                return
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
         pass
     finally:

@@ -91,10 +91,14 @@ async def test_runner_crash_adopts_network(
     try:
         async with r.client() as c:
             sid = (await c.create(RunnerCreate(network=POLICY, timeout_s=600))).sandbox_id
+            assert (await curl(c, sid, "http://ok.test/bytes/100000", "-o", "/dev/null"))[0] == 0
+            before = await c.stats(sid)
+            assert before.net_rx_bytes > 100_000
         r.proc.send_signal(signal.SIGKILL)
         r.proc.wait(timeout=15)
         r = start(world, d)
         async with r.client() as c:
+            assert (await c.stats(sid)).net_rx_bytes >= before.net_rx_bytes  # counts carried over
             # resolver and proxy are back for the adopted sandbox
             code, body = await curl(c, sid, "http://ok.test/")
             assert (code, body) == (0, f"hello host=ok.test addr={WEB}\n")

@@ -303,3 +303,48 @@ async def test_gvisor_refuses_policies_loudly(client: RunnerClient) -> None:
     if gvisor and gvisor[0].available:
         assert "network policies are not supported for 'gvisor'" in str(e.value.detail)
     assert [s for s in await client.list() if s.isolation == IsolationClass.gvisor] == []
+
+
+# Several requests on one connection, then everything the server sent back.
+KEEPALIVE = """
+import socket, sys
+s = socket.create_connection(("ok.test", 80), timeout=5)
+s.sendall(sys.argv[1].encode().decode("unicode_escape").encode())
+out = b""
+try:
+    while data := s.recv(65536):
+        out += data
+except OSError as e:
+    out += b" ERR " + type(e).__name__.encode()
+print(out.decode(errors="replace"))
+"""
+
+
+async def test_every_request_on_a_connection_is_checked(
+    client: RunnerClient, new_sandbox: NewSandbox
+) -> None:
+    sid = await new_sandbox(NetworkPolicy(allow_domains=["ok.test"]))
+
+    async def send(requests: str) -> str:
+        r = await client.run(sid, ExecRequest(cmd=["python3", "-c", KEEPALIVE, requests]))
+        return r.stdout
+
+    # allowed names only: every request is answered on the one connection
+    out = await send(
+        "POST / HTTP/1.1\\r\\nHost: ok.test\\r\\nContent-Length: 5\\r\\n\\r\\nhello"
+        "GET / HTTP/1.1\\r\\nHost: ok.test\\r\\nConnection: close\\r\\n\\r\\n"
+    )
+    assert out.count("hello host=ok.test") == 2, out
+    # a second request for another name on the same address is refused
+    out = await send(
+        "POST / HTTP/1.1\\r\\nHost: ok.test\\r\\nContent-Length: 5\\r\\n\\r\\nhello"
+        "GET / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n"
+    )
+    assert "host=other.test" not in out, out
+    # the same, hidden behind a chunked body
+    out = await send(
+        "POST / HTTP/1.1\\r\\nHost: ok.test\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+        "5\\r\\nhello\\r\\n0\\r\\n\\r\\n"
+        "GET / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n"
+    )
+    assert "host=other.test" not in out, out

@@ -19,12 +19,15 @@ from typing import Any, cast
 import structlog
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from hutch.runtime.network import upstream
 from hutch.runtime.network.policy import CompiledPolicy
 
 log = structlog.get_logger("hutch.runner.dns")
 IPv4 = ipaddress.IPv4Address
 MIN_TTL, MAX_TTL = 60, 3600  # clients keep addresses a while; the proxy must still accept them
 UPSTREAM_TIMEOUT = 3.0
+MAX_NAMES = 4096  # remembered names per sandbox
+MAX_PENDING = 128  # queries in flight per sandbox; more are dropped (clients retry)
 
 
 def normalize(name: str) -> str:
@@ -66,7 +69,11 @@ class Resolver:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a reply in the background, tracked so `stop` can cancel it."""
+        """Run a reply in the background, tracked so `stop` can cancel it; beyond
+        MAX_PENDING the query is dropped, so a flood costs the runner bounded memory."""
+        if len(self._tasks) >= MAX_PENDING:
+            coro.close()
+            return
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -91,6 +98,12 @@ class Resolver:
             t.cancel()
 
     async def _tcp_client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._tasks) >= MAX_PENDING:
+            w.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         try:
             while True:
                 (n,) = struct.unpack("!H", await asyncio.wait_for(r.readexactly(2), 10))
@@ -123,14 +136,14 @@ class Resolver:
         if q.q.qtype == QTYPE.AAAA:  # sandboxes speak IPv4 only
             return bytes(q.reply().pack())
         try:
-            upstream = await self._forward(q)
-        except (OSError, TimeoutError, ValueError):
+            answer = await self._forward(q)
+        except Exception:  # timeout, unreachable, or an upstream reply dnslib cannot parse
             reply = q.reply()
             reply.header.rcode = RCODE.SERVFAIL
             return bytes(reply.pack())
-        upstream.header.id = q.header.id
+        answer.header.id = q.header.id
         kept = []
-        for rr in upstream.rr:
+        for rr in answer.rr:
             if rr.rtype == QTYPE.A:
                 ip = IPv4(str(rr.rdata))
                 if not cp.answer_allowed(ip):
@@ -139,27 +152,21 @@ class Resolver:
             elif rr.rtype == QTYPE.AAAA:
                 continue
             kept.append(rr)
-        upstream.rr = kept
-        return bytes(upstream.pack())
+        answer.rr = kept
+        return bytes(answer.pack())
 
     async def _forward(self, q: DNSRecord) -> DNSRecord:
         """Ask the upstream server (UDP, then TCP if the answer was truncated)."""
         fresh = DNSRecord.question(str(q.q.qname), QTYPE.get(q.q.qtype))
-        host, port = self.upstream
-        raw = await asyncio.wait_for(
-            asyncio.to_thread(fresh.send, host, port, False, UPSTREAM_TIMEOUT),
-            UPSTREAM_TIMEOUT + 1,
-        )
-        reply = DNSRecord.parse(raw)
+        packet = bytes(fresh.pack())
+        reply = DNSRecord.parse(await upstream.udp(self.upstream, packet, UPSTREAM_TIMEOUT))
         if reply.header.tc:
-            raw = await asyncio.wait_for(
-                asyncio.to_thread(fresh.send, host, port, True, UPSTREAM_TIMEOUT),
-                UPSTREAM_TIMEOUT + 1,
-            )
-            reply = DNSRecord.parse(raw)
+            reply = DNSRecord.parse(await upstream.tcp(self.upstream, packet, UPSTREAM_TIMEOUT))
         return reply
 
     def _remember(self, name: str, ip: IPv4, ttl: int) -> None:
+        if name not in self.cache and len(self.cache) >= MAX_NAMES:
+            del self.cache[next(iter(self.cache))]  # oldest first: memory stays bounded
         self.cache.setdefault(name, {})[ip] = time.monotonic() + min(max(ttl, MIN_TTL), MAX_TTL)
 
     def known(self, name: str) -> frozenset[IPv4]:
@@ -177,7 +184,7 @@ class Resolver:
         if want in known:
             return known
         q = DNSRecord.question(name, "A")
-        with contextlib.suppress(OSError, TimeoutError, ValueError):
+        with contextlib.suppress(Exception):  # no answer: the proxy refuses the connection
             reply = await self._forward(q)
             for rr in reply.rr:
                 if rr.rtype == QTYPE.A:

@@ -157,12 +157,14 @@ class Egress:
             if await self.table.exists():
                 await self.table.drop()
             return
+        counts = await self.table.counters() if await self.table.exists() else {}
         script = self.table.base_script()
         pending = []
         for s in live:
             link = self.link(s.slot)
             cp = await self._compile(s.policy)
-            script += self.table.sandbox_script(link, cp)
+            carry = (counts.get(f"tx_{s.slot}", 0), counts.get(f"rx_{s.slot}", 0))
+            script += self.table.sandbox_script(link, cp, carry)
             pending.append(self._listeners(s.sandbox_id, link, cp))
         await nft(script)
         veth.enable_forwarding()

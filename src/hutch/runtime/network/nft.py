@@ -101,8 +101,11 @@ table inet {t} {{
 }}
 """
 
-    def sandbox_script(self, link: Link, cp: CompiledPolicy) -> str:
-        """Add or replace one sandbox's chains (one transaction)."""
+    def sandbox_script(
+        self, link: Link, cp: CompiledPolicy, carry: tuple[int, int] = (0, 0)
+    ) -> str:
+        """Add or replace one sandbox's chains (one transaction). `carry`: byte counts (sent,
+        received) its counters start from when the table is rebuilt."""
         t, n, i = self.name, link.slot, link.ifname
         chains = {
             "raw_in": f"raw_in_{n}",
@@ -111,7 +114,10 @@ table inet {t} {{
             "filter_in": f"in_{n}",
             "fwd_in": f"fwd_{n}",
         }
-        lines = [f"add counter inet {t} tx_{n}", f"add counter inet {t} rx_{n}"]
+        lines = [
+            f"add counter inet {t} tx_{n} {{ packets 0 bytes {carry[0]} }}",
+            f"add counter inet {t} rx_{n} {{ packets 0 bytes {carry[1]} }}",
+        ]
         for c in chains.values():
             lines += [f"add chain inet {t} {c}", f"flush chain inet {t} {c}"]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from hutch.runtime.network.dns import Resolver
+from hutch.runtime.network.httpstream import Refused, forward_requests
 from hutch.runtime.network.policy import CompiledPolicy
 from hutch.runtime.network.sniff import Malformed, NeedMore, server_name
 
@@ -31,6 +32,7 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 HEAD_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 CHUNK = 256 * 1024
+MAX_CONNECTIONS = 1024  # per sandbox: bounds the runner's file descriptors and memory
 FORBIDDEN = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
     b"Content-Length: 39\r\n\r\nblocked by the sandbox's egress policy\n"
@@ -45,9 +47,9 @@ def original_dst(sock: socket.socket) -> tuple[IPv4, int]:
 
 @dataclass(eq=False)
 class _Conn:
-    name: str | None
+    names: set[str | None]  # every Host seen on the connection (one for TLS)
     ip: IPv4
-    resolved: frozenset[IPv4]
+    resolved: dict[str | None, frozenset[IPv4]]
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     def close(self) -> None:
@@ -95,7 +97,11 @@ class Proxy:
     def recheck(self) -> int:
         """Cut connections the current policy no longer allows; how many were cut."""
         cp = self.policy()
-        cut = [c for c in self._conns if not cp.proxy_allowed(c.name, c.ip, c.resolved)]
+        cut = [
+            c
+            for c in self._conns
+            if not all(cp.proxy_allowed(n, c.ip, c.resolved[n]) for n in c.names)
+        ]
         for c in cut:
             c.close()
             self._conns.discard(c)
@@ -103,11 +109,13 @@ class Proxy:
 
     async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
+        if task is None or len(self._handlers) >= MAX_CONNECTIONS:
+            w.close()
+            return
+        self._handlers.add(task)
         try:
             await self._serve(r, w)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, Refused):
             pass
         finally:
             if task is not None:
@@ -133,11 +141,8 @@ class Proxy:
                     continue
                 except Malformed:
                     break
-        cp = self.policy()
-        resolved: frozenset[IPv4] = frozenset()
-        if name is not None and cp.name_allowed(name):
-            resolved = await self.resolver.addresses(name, ip)
-        if not cp.proxy_allowed(name, ip, resolved):
+        resolved = await self._resolved(name, ip)
+        if not self.policy().proxy_allowed(name, ip, resolved):
             log.info("egress_refused", sandbox_id=self.sandbox_id, kind=kind, port=port)
             if kind == "http":
                 w.write(FORBIDDEN)
@@ -146,14 +151,34 @@ class Proxy:
             return
         async with asyncio.timeout(CONNECT_TIMEOUT):
             ur, uw = await asyncio.open_connection(str(ip), port)
-        conn = _Conn(name, ip, resolved, [w, uw])
+        conn = _Conn({name}, ip, {name: resolved}, [w, uw])
         self._conns.add(conn)
+
+        async def allowed(host: str | None) -> bool:
+            if host not in conn.names:
+                conn.resolved[host] = await self._resolved(host, ip)
+                conn.names.add(host)
+            return self.policy().proxy_allowed(host, ip, conn.resolved[host])
+
         try:
-            uw.write(head)
-            await asyncio.gather(_pipe(r, uw), _pipe(ur, w))
+            if kind == "http":
+                upstream = forward_requests(head, r, uw, allowed)
+            else:
+                uw.write(head)
+                upstream = _pipe(r, uw)
+            await asyncio.gather(upstream, _pipe(ur, w))
+        except Refused:
+            log.info("egress_refused", sandbox_id=self.sandbox_id, kind=kind, port=port)
+            conn.close()
         finally:
             self._conns.discard(conn)
             uw.close()
+
+    async def _resolved(self, name: str | None, ip: IPv4) -> frozenset[IPv4]:
+        """What an allowed `name` resolves to (nothing to look up for other names)."""
+        if name is not None and self.policy().name_allowed(name):
+            return await self.resolver.addresses(name, ip)
+        return frozenset()
 
 
 async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

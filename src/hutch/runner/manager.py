@@ -250,7 +250,7 @@ class SandboxManager:
         self._check_size(req)
         runtime = self._runtime(req.isolation)
         wants_link = req.network is not None and not req.network.is_closed()
-        if req.network is not None and not runtime.supports_network:
+        if wants_link and not runtime.supports_network:
             runtime.netns_pid(self._plan_stub(req.isolation))  # raises: not offered
         layers = self.templates.layers(req.template)
         sandbox_id = req.sandbox_id or new_id("sbx")
@@ -379,14 +379,16 @@ class SandboxManager:
         and cuts existing ones it no longer allows."""
         sb = self.running(sandbox_id)
         async with sb.lock:
+            if self.sandboxes.get(sandbox_id) is not sb:  # killed while we waited
+                raise HutchError(
+                    ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is no longer running"
+                )
             rt = self.runtimes[sb.record.isolation]
             slot = sb.record.slot
             if slot in self.egress.attached:
                 await self.egress.update(slot, policy)
             elif not policy.is_closed():
-                await self._attach(sb, rt, policy)
-            elif not rt.supports_network:
-                rt.netns_pid(sb.plan)  # raises: not offered
+                await self._attach(sb, rt, policy)  # refused by runtimes without the seam
             sb.record.network = policy
             self._write(sb.record)
         log.info("sandbox_network_set", sandbox_id=sandbox_id)

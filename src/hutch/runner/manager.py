@@ -31,7 +31,7 @@ from hutch.models import (
     StateEvent,
     UsageHeartbeat,
 )
-from hutch.runner.fsconfine import openat2
+from hutch.runner.fsconfine import replace_file
 from hutch.runner.processes import ProcessTable
 from hutch.runtime.base import Runtime, SandboxPlan
 from hutch.runtime.network.egress import Egress, LiveSandbox
@@ -40,23 +40,6 @@ from hutch.runtime.templates import TemplateStore
 log = structlog.get_logger("hutch.runner")
 UID_RANGE = 65536
 TOMBSTONES = 10000
-
-
-def _write_resolv_conf(root: Path, gateway: str, uid: int) -> None:
-    """`/etc/resolv.conf` of the sandbox, written confined to its root (the sandbox may have
-    made it a symlink) and owned by its root user."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(OSError):
-            os.unlink("etc/resolv.conf", dir_fd=root_fd)  # a symlink is replaced, not followed
-        fd = openat2(root_fd, "/etc/resolv.conf", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    finally:
-        os.close(root_fd)
-    try:
-        os.fchown(fd, uid, uid)
-        os.write(fd, f"nameserver {gateway}\n".encode())
-    finally:
-        os.close(fd)
 
 
 def utcnow() -> datetime:
@@ -369,7 +352,9 @@ class SandboxManager:
         await self.egress.attach(plan.sandbox_id, plan.slot, rt.netns_pid(plan), policy)
         gateway = self.egress.link(plan.slot).gateway
         try:
-            await asyncio.to_thread(_write_resolv_conf, rt.root_path(plan), gateway, plan.uid_base)
+            conf = f"nameserver {gateway}\n".encode()
+            root = rt.root_path(plan)
+            await asyncio.to_thread(replace_file, root, "etc/resolv.conf", conf, plan.uid_base)
         except BaseException:
             await self.egress.detach(plan.slot)
             raise

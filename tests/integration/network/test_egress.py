@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+from pathlib import Path
 
 import pytest
 
@@ -348,3 +350,23 @@ async def test_every_request_on_a_connection_is_checked(
         "GET / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n"
     )
     assert "host=other.test" not in out, out
+
+
+async def test_resolv_conf_symlink_does_not_reach_the_host(
+    client: RunnerClient, new_sandbox: NewSandbox, tmp_path: Path
+) -> None:
+    # the runner writes the sandbox's resolv.conf when a link is added to a running sandbox;
+    # a symlink planted there must not make it write a host file
+    target = Path(f"/var/tmp/hutch-net-marker-{secrets.token_hex(6)}")
+    target.write_text("host file\n")
+    try:
+        sid = await new_sandbox()
+        r = await sh(client, sid, f"ln -sf {target} /etc/resolv.conf && ls -l /etc/resolv.conf")
+        assert r.exit_code == 0, r.stderr
+        await client.set_network(sid, NetworkPolicy(allow_domains=["ok.test"]))
+        assert target.read_text() == "host file\n"
+        r = await sh(client, sid, "test -L /etc/resolv.conf || cat /etc/resolv.conf")
+        assert r.stdout.startswith("nameserver 10."), r.stdout
+        assert await resolve(client, sid, "ok.test") == WEB
+    finally:
+        target.unlink(missing_ok=True)

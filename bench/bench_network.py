@@ -60,6 +60,11 @@ print(json.dumps(out))
 """
 
 
+def num(x: object) -> float:
+    """A number from a summary row."""
+    return float(str(x))
+
+
 def veth_primitive(world: World, n: int) -> list[float]:
     """The raw primitive: create and delete a veth pair in the runner's namespace."""
     out = []
@@ -151,25 +156,19 @@ async def main(n: int, mb: int) -> None:
                     rows.append(plain)
                     pol = summary("create → exec, with a policy", await creates(c, n, DOMAIN))
                     rows.append(pol)
-                    overhead = float(pol["p50_ms"]) - float(plain["p50_ms"])  # type: ignore[arg-type]
+                    overhead = num(pol["p50_ms"]) - num(plain["p50_ms"])
                     extra["policy_create_overhead_p50_ms"] = round(overhead, 2)
                     extra["policy_overhead_x_veth_primitive"] = round(
-                        overhead / float(prim["p50_ms"]),
-                        2,  # type: ignore[arg-type]
+                        overhead / num(prim["p50_ms"]), 2
                     )
                     proxied = (await c.create(RunnerCreate(network=DOMAIN))).sandbox_id
                     routed = (await c.create(RunnerCreate(network=ROUTED))).sandbox_id
                     extra["mb_per_s_host_direct"] = round(host_download(world, size), 1)
-                    extra["mb_per_s_routed"] = round(
-                        await download(c, routed, f"http://{WEB}", size), 1
-                    )
-                    extra["mb_per_s_proxy"] = round(
-                        await download(c, proxied, "http://ok.test", size), 1
-                    )
-                    extra["proxy_x_routed_throughput"] = round(
-                        float(extra["mb_per_s_proxy"]) / float(extra["mb_per_s_routed"]),
-                        2,  # type: ignore[arg-type]
-                    )
+                    via_routing = await download(c, routed, f"http://{WEB}", size)
+                    via_proxy = await download(c, proxied, "http://ok.test", size)
+                    extra["mb_per_s_routed"] = round(via_routing, 1)
+                    extra["mb_per_s_proxy"] = round(via_proxy, 1)
+                    extra["proxy_x_routed_throughput"] = round(via_proxy / via_routing, 2)
                     routed_lat = summary(
                         "HTTP request, routed (CIDR rule)", await latencies(c, routed, WEB, n * 10)
                     )
@@ -178,7 +177,7 @@ async def main(n: int, mb: int) -> None:
                         summary(
                             "HTTP request, via proxy (domain rule)",
                             await latencies(c, proxied, "ok.test", n * 10),
-                            float(routed_lat["p50_ms"]),  # type: ignore[arg-type]
+                            num(routed_lat["p50_ms"]),
                         )
                     )
                     rows.append(

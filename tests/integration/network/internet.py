@@ -2,6 +2,7 @@
 
 Role `inet` (the test's "internet"): HTTP on :80 and HTTPS on :443 of every address (the reply
 names the Host header and the address that answered, /bytes/N sends N bytes, /stream trickles),
+a UDP :9999 recorder (what arrived, from which source, appended to a file the test reads),
 a banner+echo TCP service on :7000 of every address, and an authoritative DNS server for the
 `.test` zone. Role `host` (services on the runner's own namespace that sandboxes must never
 reach): the same HTTP service on 0.0.0.0:80 and :8081. Prints "ready" once listening; exits
@@ -102,7 +103,18 @@ async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.close()
 
 
-async def main(role: str, cert: str | None, key: str | None) -> None:
+class Recorder(asyncio.DatagramProtocol):
+    """UDP :9999 writes each datagram as `SOURCE PAYLOAD` lines to a file the test reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{addr[0]} {data.decode(errors='replace')}\n")
+
+
+async def main(role: str, cert: str | None, key: str | None, record: str | None = None) -> None:
     servers = []
     if role == "inet":
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -111,6 +123,10 @@ async def main(role: str, cert: str | None, key: str | None) -> None:
         servers.append(await asyncio.start_server(http, "0.0.0.0", 80))
         servers.append(await asyncio.start_server(http, "0.0.0.0", 443, ssl=ctx))
         servers.append(await asyncio.start_server(echo, "0.0.0.0", 7000))
+        assert record
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: Recorder(record), local_addr=("0.0.0.0", 9999)
+        )
         dns = DNSServer(Zone(), address=DNS, port=53)
         dns.start_thread()
     else:
@@ -123,5 +139,5 @@ async def main(role: str, cert: str | None, key: str | None) -> None:
 
 
 if __name__ == "__main__":
-    argv = [*sys.argv[1:], None, None]
-    asyncio.run(main(str(argv[0]), argv[1], argv[2]))
+    argv = [*sys.argv[1:], None, None, None]
+    asyncio.run(main(str(argv[0]), argv[1], argv[2], argv[3]))

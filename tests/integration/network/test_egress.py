@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from hutch.models import (
     ErrorCode,
     ExecRequest,
+    ExecUser,
     HutchError,
     IsolationClass,
     NetworkPolicy,
@@ -23,6 +25,7 @@ from tests.integration.network.conftest import (
     PRIVATE,
     WEB,
     NewSandbox,
+    World,
     curl,
     resolve,
     sh,
@@ -370,3 +373,41 @@ async def test_resolv_conf_symlink_does_not_reach_the_host(
         assert await resolve(client, sid, "ok.test") == WEB
     finally:
         target.unlink(missing_ok=True)
+
+
+# Sends one UDP datagram to PLAIN:9999 with a source address of the sandbox's choosing, through
+# a raw socket (the sandbox's root keeps CAP_NET_RAW, for ping).
+SPOOF = """
+import socket, struct, sys
+src, payload = sys.argv[1], sys.argv[2].encode()
+udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(sys.argv[3]))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + udp, (sys.argv[3], 0))
+print("sent")
+"""
+
+
+async def test_spoofed_sources_are_dropped(
+    client: RunnerClient, new_sandbox: NewSandbox, world: World
+) -> None:
+    sid = await new_sandbox(NetworkPolicy(allow_cidrs=[f"{PLAIN}/32"]))
+    mine, _ = await _addresses(client, sid)
+    # spoofed first, honest last: one path, one queue, so once the honest datagram has
+    # arrived any earlier one that was let through would have arrived too
+    tokens = {src: f"spoof-{secrets.token_hex(6)}" for src in (WEB, "10.200.255.254", mine)}
+    for src, token in tokens.items():
+        r = await client.run(
+            sid, ExecRequest(cmd=["python3", "-c", SPOOF, src, token, PLAIN], user=ExecUser.root)
+        )
+        assert r.stdout.strip() == "sent", r.stderr
+    # the honest datagram arrives (masqueraded to the runner's uplink address)...
+    deadline = time.monotonic() + 5
+    while tokens[mine] not in world.udp_log.read_text():
+        assert time.monotonic() < deadline, "the honest datagram never arrived"
+        await asyncio.sleep(0.05)
+    assert f"{HOST_UPLINK} {tokens[mine]}" in world.udp_log.read_text()
+    # ...the ones with another source never do
+    log = world.udp_log.read_text()
+    assert tokens[WEB] not in log and tokens["10.200.255.254"] not in log, log

@@ -98,6 +98,7 @@ class World:
     host: str
     inet: str
     helpers: list[subprocess.Popen[str]]
+    udp_log: Path  # what the UDP :9999 recorder in "inet" received: "SOURCE PAYLOAD" lines
 
 
 def _wait_ready(p: subprocess.Popen[str]) -> None:
@@ -111,7 +112,7 @@ def _wait_ready(p: subprocess.Popen[str]) -> None:
 def build_world(cert_dir: Path) -> Iterator[World]:
     """Create the namespaces and start the test hosts; remove everything on exit."""
     tag = secrets.token_hex(3)
-    w = World(host=f"hnet-h{tag}", inet=f"hnet-i{tag}", helpers=[])
+    w = World(host=f"hnet-h{tag}", inet=f"hnet-i{tag}", helpers=[], udp_log=cert_dir / "udp.log")
     cert, key = _cert(cert_dir)
     try:
         ip("netns", "add", w.host)
@@ -127,7 +128,9 @@ def build_world(cert_dir: Path) -> Iterator[World]:
         for a in (WEB, PLAIN, DNS, *PRIVATE):
             ip("addr", "add", f"{a}/32", "dev", "lo", ns=w.inet)
         script = str(HERE / "internet.py")
-        for ns, args in ((w.inet, ["inet", str(cert), str(key)]), (w.host, ["host"])):
+        w.udp_log.touch()
+        inet_args = ["inet", str(cert), str(key), str(w.udp_log)]
+        for ns, args in ((w.inet, inet_args), (w.host, ["host"])):
             p = in_ns(ns, sys.executable, script, *args, stdout=subprocess.PIPE)
             w.helpers.append(p)
             _wait_ready(p)

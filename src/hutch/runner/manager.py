@@ -370,12 +370,18 @@ class SandboxManager:
                 )
             rt = self.runtimes[sb.record.isolation]
             slot = sb.record.slot
-            if slot in self.egress.attached:
-                await self.egress.update(slot, policy)
-            elif not policy.is_closed():
-                await self._attach(sb, rt, policy)  # refused by runtimes without the seam
+            before = sb.record.network
             sb.record.network = policy
-            self._write(sb.record)
+            self._write(sb.record)  # persisted first: a crash now restarts with the new policy
+            try:
+                if slot in self.egress.attached:
+                    await self.egress.update(slot, policy)
+                elif not policy.is_closed():
+                    await self._attach(sb, rt, policy)  # refused by runtimes without the seam
+            except BaseException:
+                sb.record.network = before
+                self._write(sb.record)
+                raise
         log.info("sandbox_network_set", sandbox_id=sandbox_id)
         return sb.record.info()
 

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncSandbox", "Sandbox", "__version__"]
+__all__ = ["AsyncSandbox", "NetworkPolicy", "Sandbox", "__version__"]
 
 if TYPE_CHECKING:
-    from hutch.sdk import AsyncSandbox, Sandbox
+    from hutch.sdk import AsyncSandbox, NetworkPolicy, Sandbox
 
 
 def __getattr__(name: str) -> Any:
     # The SDK is imported lazily so `import hutch` stays cheap for the server and CLI.
-    if name in ("Sandbox", "AsyncSandbox"):
+    if name in ("Sandbox", "AsyncSandbox", "NetworkPolicy"):
         from hutch import sdk
 
         return getattr(sdk, name)

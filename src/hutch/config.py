@@ -24,12 +24,27 @@ class RunnerSettings(BaseSettings):
     max_memory_mb: int = Field(default=65536, ge=128)
     max_disk_mb: int = Field(default=262144, ge=64)
     heartbeat_s: float = Field(default=10.0, gt=0, le=15.0)
+    network_pool: str = Field(
+        default="10.200.0.0/16",
+        description="Private IPv4 range for sandbox links (a /30 per sandbox); "
+        "must not overlap anything the host routes",
+    )
+    network_proxy_port: int = Field(default=15001, ge=1, le=65535)
+    network_dns: str | None = Field(
+        default=None,
+        description="Upstream DNS server (`ip` or `ip:port`) for sandbox resolvers; "
+        "default: the host's first nameserver",
+    )
 
     def cgroup_parent(self) -> str:
         """This runner's own parent cgroup (`hutch-` + a hash of its data dir), so that two
         runners on one host never see, limit or clean each other's sandboxes."""
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
         return f"hutch-{digest}"
+
+    def network_tag(self) -> str:
+        """Short per-runner tag naming its links and nftables table."""
+        return self.cgroup_parent().removeprefix("hutch-")[:5]
 
     def templates_path(self) -> Path:
         """Where read-only template layers are built and cached."""

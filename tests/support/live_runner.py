@@ -1,5 +1,6 @@
 """The API's runner in API tests: a real runner process (started on first use, as root) reached
-through the real `RunnerClient`.
+through the real `RunnerClient`. It runs in a network namespace of its own, so an egress policy a
+test sets (links, forwarding, nftables) never touches the machine's own network.
 
 Around the client it only observes: it records the create requests the API sent, counts the pieces
 an upload arrived in, and can call a test's function just before a create or kill reaches the
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import subprocess
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ class LiveRunner:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.proc: RunnerProc | None = None
+        self.netns: str | None = None
         # httpx pools belong to one event loop; tests run the app on more than one.
         self._clients: dict[asyncio.AbstractEventLoop, RunnerClient] = {}
         self.reset_hooks()
@@ -49,7 +53,10 @@ class LiveRunner:
             if os.geteuid() != 0:
                 raise HutchError(ErrorCode.runner_unavailable, "a real runner needs root")
             ensure_base_template()
-            self.proc = start_runner(self.data_dir)
+            if self.netns is None:
+                self.netns = f"hutch-api-{secrets.token_hex(4)}"
+                subprocess.run(["ip", "netns", "add", self.netns], check=True)
+            self.proc = start_runner(self.data_dir, netns=self.netns)
         return self.proc
 
     def _client(self) -> RunnerClient:
@@ -92,6 +99,9 @@ class LiveRunner:
         if self.proc is not None:
             self.clean()
             self.proc.stop()
+        if self.netns is not None:
+            subprocess.run(["ip", "netns", "del", self.netns], check=False)
+            self.netns = None
 
     # --- RunnerPort, observed ----------------------------------------------------------
 

@@ -55,15 +55,19 @@ def _wait_healthy(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise TimeoutError(f"runner did not answer: {log.read_text()[-2000:]}")
 
 
-def start_runner(data_dir: Path, env: dict[str, str] | None = None) -> RunnerProc:
-    """Start `python -m hutch.runner` on `data_dir` and wait until it answers."""
+def start_runner(
+    data_dir: Path, env: dict[str, str] | None = None, netns: str | None = None
+) -> RunnerProc:
+    """Start `python -m hutch.runner` on `data_dir` (inside the named network namespace, if
+    given) and wait until it answers."""
     data_dir.mkdir(mode=0o700, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}.log"
     full_env = {**os.environ, "HUTCH_RUNNER_TEMPLATE_DIR": str(SHARED_TEST_TEMPLATE_DIR)}
     full_env.update(env or {})
     with open(log, "ab") as out:
+        enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hutch.runner", "--data-dir", str(data_dir)],
+            [*enter, sys.executable, "-m", "hutch.runner", "--data-dir", str(data_dir)],
             stdout=out,
             stderr=out,
             env=full_env,

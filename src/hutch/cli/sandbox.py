@@ -1,4 +1,5 @@
-"""`hutch sandbox`: create, ls, info, exec, kill (shell and cp live in their own modules)."""
+"""`hutch sandbox`: create, ls, info, exec, kill (shell, cp and network live in their own
+modules)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from hutch.cli import _common as c
+from hutch.cli import network as net
 from hutch.models.common import (
     DEFAULT_DISK_MB,
     DEFAULT_MEMORY_MB,
@@ -63,11 +65,17 @@ def create(
         list[str] | None,
         typer.Option("--secret", "-s", help="Project secret as env: NAME or ENV_NAME=NAME"),
     ] = None,
+    allow_domain: net.AllowDomain = None,
+    allow_cidr: net.AllowCidr = None,
+    deny_domain: net.DenyDomain = None,
+    deny_cidr: net.DenyCidr = None,
+    allow_public: net.AllowPublic = False,
     api_url: c.ApiUrl = None,
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
-    """Create a sandbox and print its id."""
+    """Create a sandbox and print its id. Without network options it has no network but
+    loopback."""
     envs, meta = c.parse_kv(env, "--env"), c.parse_kv(metadata, "--metadata")
     secrets = {s.partition("=")[0]: s.partition("=")[2] or s for s in secret or []}
     cfg = c.config(api_url, api_key)
@@ -81,6 +89,7 @@ def create(
         envs=envs,
         metadata=meta,
         secrets=secrets or None,
+        network=net.policy_from(allow_domain, allow_cidr, deny_domain, deny_cidr, allow_public),
         api_url=cfg.api_url,
         api_key=cfg.api_key,
         request_timeout=cfg.request_timeout,
@@ -250,6 +259,7 @@ def _attach_more() -> None:
 
     app.command("shell")(shell.shell)
     app.command("cp")(cp.cp)
+    app.command("network")(net.network)
 
 
 _attach_more()

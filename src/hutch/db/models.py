@@ -119,6 +119,8 @@ class SandboxRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # egress policy (NetworkPolicy as JSON); NULL: no network but loopback
+    network: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
     meta: Mapped[list[SandboxMetadataRow]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="SandboxMetadataRow.key"

@@ -19,6 +19,7 @@ from hutch.models.exec import (
     Stream,
 )
 from hutch.models.files import FileInfo, FileType, MakeDir, Rename, WriteInfo
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import (
     IsolationInfo,
     RunnerCreate,
@@ -41,6 +42,7 @@ __all__ = [
     "IsolationClass",
     "IsolationInfo",
     "MakeDir",
+    "NetworkPolicy",
     "Problem",
     "ProcessInfo",
     "PtySize",

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch.models.common import IsolationClass, SandboxState, WireModel
+from hutch.models.network import NetworkPolicy
 from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec
 
@@ -116,6 +117,9 @@ class Sandbox(WireModel):
     expires_at: datetime
     ended_at: datetime | None = None
     end_reason: str | None = None
+    network: NetworkPolicy | None = Field(
+        default=None, description="Egress policy; null: no network but loopback"
+    )
 
 
 # --- accounts ---

@@ -24,6 +24,7 @@ from hutch.models.common import (
     SandboxState,
     WireModel,
 )
+from hutch.models.network import NetworkPolicy
 
 TEMPLATE_NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,6 +58,10 @@ class SandboxSpec(WireModel):
     disk_mb: int = Field(default=DEFAULT_DISK_MB, ge=DISK_MB_MIN, le=DISK_MB_MAX)
     timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, ge=TIMEOUT_S_MIN, le=TIMEOUT_S_MAX)
     env: dict[str, str] = Field(default_factory=dict)
+    network: NetworkPolicy | None = Field(
+        default=None,
+        description="Egress policy; none (the default) means no network but loopback",
+    )
 
     _check_env = field_validator("env")(check_env)
 
@@ -82,6 +87,7 @@ class SandboxInfo(WireModel):
     expires_at: datetime
     ended_at: datetime | None = None
     end_reason: str | None = None
+    network: NetworkPolicy | None = None
 
 
 class SandboxStats(WireModel):
@@ -96,6 +102,8 @@ class SandboxStats(WireModel):
     disk_limit_bytes: int
     pids: int
     pids_limit: int
+    net_tx_bytes: int = Field(default=0, description="Bytes the sandbox sent over its network link")
+    net_rx_bytes: int = Field(default=0, description="Bytes the sandbox received over it")
 
 
 class SetTimeout(WireModel):

@@ -23,6 +23,7 @@ from hutch.models import (
     HutchError,
     IsolationInfo,
     MakeDir,
+    NetworkPolicy,
     ProcessInfo,
     PtySize,
     Rename,
@@ -163,6 +164,10 @@ def create_app(manager: SandboxManager) -> FastAPI:
     @app.get("/v1/sandboxes/{sid}/stats", response_model=SandboxStats)
     async def stats(sid: str) -> SandboxStats:
         return await manager.stats(sid)
+
+    @app.put("/v1/sandboxes/{sid}/network", response_model=SandboxInfo)
+    async def set_network(sid: str, body: NetworkPolicy) -> SandboxInfo:
+        return await manager.set_network(sid, body)
 
     # ----------------------------------------------------------------- exec & processes
 

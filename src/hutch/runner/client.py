@@ -20,6 +20,7 @@ from hutch.models import (
     FileInfo,
     HutchError,
     MakeDir,
+    NetworkPolicy,
     ProcessInfo,
     Rename,
     RunnerCreate,
@@ -124,6 +125,11 @@ class RunnerClient:
         """Live resource use."""
         r = await self._req("GET", f"/v1/sandboxes/{sid}/stats")
         return SandboxStats.model_validate(r.json())
+
+    async def set_network(self, sid: str, req: NetworkPolicy) -> SandboxInfo:
+        """Replace the egress policy of a running sandbox."""
+        r = await self._req("PUT", f"/v1/sandboxes/{sid}/network", json=req.model_dump())
+        return SandboxInfo.model_validate(r.json())
 
     # ------------------------------------------------------------------ exec & processes
 

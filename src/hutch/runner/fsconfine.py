@@ -8,10 +8,12 @@ any other mount of the sandbox). Python has no openat2 wrapper, hence ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import posixpath
+from pathlib import Path
 
 from hutch.models import ErrorCode, HutchError
 
@@ -114,3 +116,27 @@ def os_error(e: OSError, path: str) -> HutchError:
     if code == ErrorCode.disk_full:
         return HutchError(code, f"no space left on the sandbox's disk while writing {path!r}")
     return HutchError(code, f"{path}: {e.strerror}")
+
+
+def replace_file(root: Path, path: str, data: bytes, uid: int) -> None:
+    """Replace a file under a sandbox's root, owned by `uid`, as the runner: confined to the
+    root, and a symlink the sandbox put there is replaced, never followed."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parent, name = split_parent("/" + path.lstrip("/"))
+        dir_fd = openat2(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+    finally:
+        os.close(root_fd)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+        )
+    finally:
+        os.close(dir_fd)
+    try:
+        os.fchown(fd, uid, uid)
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -22,6 +22,7 @@ from hutch.models import (
     ErrorCode,
     HutchError,
     IsolationClass,
+    NetworkPolicy,
     RunnerCreate,
     RunnerEvent,
     SandboxInfo,
@@ -30,8 +31,10 @@ from hutch.models import (
     StateEvent,
     UsageHeartbeat,
 )
+from hutch.runner.fsconfine import replace_file
 from hutch.runner.processes import ProcessTable
 from hutch.runtime.base import Runtime, SandboxPlan
+from hutch.runtime.network.egress import Egress, LiveSandbox
 from hutch.runtime.templates import TemplateStore
 
 log = structlog.get_logger("hutch.runner")
@@ -61,6 +64,7 @@ class SandboxRecord(BaseModel):
     created_at: datetime
     expires_at: datetime
     last_heartbeat: datetime | None = None
+    network: NetworkPolicy | None = None
 
     def info(self) -> SandboxInfo:
         """Wire view."""
@@ -74,6 +78,7 @@ class SandboxRecord(BaseModel):
             state=self.state,
             created_at=self.created_at,
             expires_at=self.expires_at,
+            network=self.network,
         )
 
 
@@ -106,6 +111,12 @@ class SandboxManager:
         self.tombstones: OrderedDict[str, tuple[datetime, str]] = OrderedDict()
         self._subscribers: set[asyncio.Queue[RunnerEvent]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.egress = Egress(
+            settings.network_tag(),
+            settings.network_pool,
+            settings.network_proxy_port,
+            settings.network_dns,
+        )
 
     # ------------------------------------------------------------------ life of the runner
 
@@ -129,6 +140,7 @@ class SandboxManager:
         for sb in self.sandboxes.values():
             if sb.processes is not None:
                 sb.processes.close()
+        await self.egress.close()
 
     # ------------------------------------------------------------------ events
 
@@ -220,6 +232,9 @@ class SandboxManager:
         """Create a sandbox and return once a command can run in it; nothing is left on failure."""
         self._check_size(req)
         runtime = self._runtime(req.isolation)
+        wants_link = req.network is not None and not req.network.is_closed()
+        if wants_link and not runtime.supports_network:
+            runtime.netns_pid(self._plan_stub(req.isolation))  # raises: not offered
         layers = self.templates.layers(req.template)
         sandbox_id = req.sandbox_id or new_id("sbx")
         if sandbox_id in self.sandboxes:
@@ -240,6 +255,7 @@ class SandboxManager:
             state=SandboxState.creating,
             created_at=now,
             expires_at=now + timedelta(seconds=req.timeout_s),
+            network=req.network,
         )
         plan = self._plan(rec)
         sb = Sandbox(record=rec, plan=plan)
@@ -248,11 +264,15 @@ class SandboxManager:
             plan.state_dir.mkdir(mode=0o700)
             self._write(rec)  # persisted before the kernel is touched
             await runtime.create(plan)
+            if wants_link and req.network is not None:
+                await self._attach(sb, runtime, req.network)
             rec.state = SandboxState.running
             rec.last_heartbeat = rec.created_at
             self._write(rec)
         except BaseException as e:
             self.sandboxes.pop(sandbox_id, None)
+            with contextlib.suppress(Exception):
+                await self.egress.detach(slot)
             with contextlib.suppress(Exception):
                 await runtime.destroy(plan)
             shutil.rmtree(plan.state_dir, ignore_errors=True)
@@ -302,6 +322,7 @@ class SandboxManager:
             self._final_heartbeat(sb)
             if sb.processes is not None:
                 sb.processes.close()
+            await self.egress.detach(rec.slot)
             await self.runtimes[rec.isolation].destroy(sb.plan)
             shutil.rmtree(sb.plan.state_dir, ignore_errors=True)
             self.sandboxes.pop(sandbox_id, None)
@@ -319,9 +340,50 @@ class SandboxManager:
         return sb.record.info()
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
-        """Live resource use."""
+        """Live resource use, network bytes included."""
         sb = self.running(sandbox_id)
-        return await self.runtimes[sb.record.isolation].stats(sb.plan)
+        st = await self.runtimes[sb.record.isolation].stats(sb.plan)
+        tx, rx = await self.egress.counters(sb.record.slot)
+        return st.model_copy(update={"net_tx_bytes": tx, "net_rx_bytes": rx})
+
+    async def _attach(self, sb: Sandbox, rt: Runtime, policy: NetworkPolicy) -> None:
+        """Give the sandbox its link and point its resolv.conf at its resolver."""
+        plan = sb.plan
+        await self.egress.attach(plan.sandbox_id, plan.slot, rt.netns_pid(plan), policy)
+        gateway = self.egress.link(plan.slot).gateway
+        try:
+            conf = f"nameserver {gateway}\n".encode()
+            root = rt.root_path(plan)
+            await asyncio.to_thread(replace_file, root, "etc/resolv.conf", conf, plan.uid_base)
+        except BaseException:
+            await self.egress.detach(plan.slot)
+            raise
+
+    async def set_network(self, sandbox_id: str, policy: NetworkPolicy) -> SandboxInfo:
+        """Replace the egress policy of a running sandbox; applies to new connections at once
+        and cuts existing ones it no longer allows."""
+        sb = self.running(sandbox_id)
+        async with sb.lock:
+            if self.sandboxes.get(sandbox_id) is not sb:  # killed while we waited
+                raise HutchError(
+                    ErrorCode.sandbox_not_running, f"sandbox {sandbox_id} is no longer running"
+                )
+            rt = self.runtimes[sb.record.isolation]
+            slot = sb.record.slot
+            before = sb.record.network
+            sb.record.network = policy
+            self._write(sb.record)  # persisted first: a crash now restarts with the new policy
+            try:
+                if slot in self.egress.attached:
+                    await self.egress.update(slot, policy)
+                elif not policy.is_closed():
+                    await self._attach(sb, rt, policy)  # refused by runtimes without the seam
+            except BaseException:
+                sb.record.network = before
+                self._write(sb.record)
+                raise
+        log.info("sandbox_network_set", sandbox_id=sandbox_id)
+        return sb.record.info()
 
     # ------------------------------------------------------------------ timers
 
@@ -394,6 +456,15 @@ class SandboxManager:
             cleaned += 1
             if rec is not None:
                 self._state_event(rec.sandbox_id, SandboxState.stopped, "lost")
+        # links, rules and listeners: kept for adopted sandboxes, removed for everything else
+        live = []
+        for sb in self.sandboxes.values():
+            net = sb.record.network
+            if net is not None and not net.is_closed():
+                with contextlib.suppress(HutchError):
+                    pid = self.runtimes[sb.record.isolation].netns_pid(sb.plan)
+                    live.append(LiveSandbox(sb.record.sandbox_id, sb.record.slot, pid, net))
+        await self.egress.reconcile(live)
         # cgroups of sandboxes that have no directory at all (crash between steps)
         for rt in self.runtimes.values():
             cg = getattr(rt, "cgroups", None)
@@ -404,23 +475,26 @@ class SandboxManager:
                     cg.remove(sid)
         log.info("reconciled", adopted=adopted, cleaned=cleaned)
 
+    def _plan_stub(self, isolation: IsolationClass, d: Path | None = None) -> SandboxPlan:
+        return SandboxPlan(
+            sandbox_id=d.name if d else "",
+            isolation=isolation,
+            template_layers=(),
+            vcpu=1,
+            memory_mb=128,
+            disk_mb=64,
+            env={},
+            uid_base=0,
+            slot=-1,
+            state_dir=d or self.dir,
+        )
+
     async def _clean_dir(self, d: Path, rec: SandboxRecord | None) -> None:
         if rec is not None:
             plan = self._plan(rec)
             runtimes = [self.runtimes[rec.isolation]] if rec.isolation in self.runtimes else []
         else:
-            plan = SandboxPlan(
-                sandbox_id=d.name,
-                isolation=IsolationClass.namespace,
-                template_layers=(),
-                vcpu=1,
-                memory_mb=128,
-                disk_mb=64,
-                env={},
-                uid_base=0,
-                slot=-1,
-                state_dir=d,
-            )
+            plan = self._plan_stub(IsolationClass.namespace, d)
             runtimes = list(self.runtimes.values())
         for rt in runtimes:
             with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hutch.models import ExecRequest, IsolationClass, PtySize, SandboxStats
+from hutch.models import ErrorCode, ExecRequest, HutchError, IsolationClass, PtySize, SandboxStats
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,16 @@ class Runtime(abc.ABC):
     """One isolation class. All methods may be called concurrently for different sandboxes."""
 
     isolation: IsolationClass
+    supports_network = False  # whether `netns_pid` can give the runner the sandbox's netns
+
+    def netns_pid(self, plan: SandboxPlan) -> int:
+        """A host pid inside the sandbox's network namespace, for the runner to plug its
+        egress link into. Runtimes without that seam refuse network policies loudly."""
+        raise HutchError(
+            ErrorCode.isolation_unavailable,
+            f"network policies are not supported for {self.isolation.value!r} sandboxes on "
+            "this runner; use the 'namespace' isolation class",
+        )
 
     @abc.abstractmethod
     def health(self) -> RuntimeHealth:

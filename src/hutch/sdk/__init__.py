@@ -8,6 +8,7 @@ with Sandbox.create() as sb:
 
 from hutch.models.exec import ProcessInfo, PtySize
 from hutch.models.files import FileInfo, FileType, WriteInfo
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxStats
 from hutch.sdk.client import Hutch
 from hutch.sdk.config import ConnectionConfig, RetryPolicy
@@ -51,6 +52,7 @@ __all__ = [
     "FileType",
     "Hutch",
     "HutchSDKError",
+    "NetworkPolicy",
     "ProcessInfo",
     "PtyHandle",
     "PtySize",

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from hutch.models.common import ExecUser, IsolationClass, SandboxState
 from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
+from hutch.models.network import NetworkPolicy
 from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
 from hutch.sdk._http import Call, no_content
@@ -62,6 +63,7 @@ def create_sandbox(
     metadata: dict[str, str] | None,
     idempotency_key: str | None = None,
     secrets: list[str] | dict[str, str] | None = None,
+    network: NetworkPolicy | dict[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
     """POST /v1/sandboxes; validated locally first so mistakes fail before any network."""
     spec = SandboxSpec(
@@ -72,8 +74,10 @@ def create_sandbox(
         disk_mb=disk_mb,
         timeout_s=timeout,
         env=dict(envs or {}),
+        network=NetworkPolicy.model_validate(network) if network is not None else None,
     )
-    body = {**spec.model_dump(mode="json"), "metadata": dict(metadata or {})}
+    drop = {"network"} if spec.network is None else set()  # older servers know no such field
+    body = {**spec.model_dump(mode="json", exclude=drop), "metadata": dict(metadata or {})}
     if secrets:
         body["secrets"] = check_secret_refs(
             list(secrets) if isinstance(secrets, list | tuple) else dict(secrets)
@@ -126,6 +130,36 @@ def set_timeout(sandbox_id: str, timeout: int) -> Call[SandboxInfo]:
 def sandbox_stats(sandbox_id: str) -> Call[SandboxStats]:
     """GET /v1/sandboxes/{id}/stats."""
     return Call("GET", sbx_path(sandbox_id, "/stats"), _model(SandboxStats))
+
+
+def get_network(sandbox_id: str) -> Call[NetworkPolicy]:
+    """GET /v1/sandboxes/{id}/network."""
+    return Call("GET", sbx_path(sandbox_id, "/network"), _model(NetworkPolicy))
+
+
+def set_network(sandbox_id: str, policy: NetworkPolicy) -> Call[SandboxInfo]:
+    """PUT /v1/sandboxes/{id}/network."""
+    return Call(
+        "PUT", sbx_path(sandbox_id, "/network"), _model(SandboxInfo), json=policy.model_dump()
+    )
+
+
+def network_policy(
+    *,
+    allow_domains: list[str] | None = None,
+    allow_cidrs: list[str] | None = None,
+    deny_domains: list[str] | None = None,
+    deny_cidrs: list[str] | None = None,
+    allow_public: bool = False,
+) -> NetworkPolicy:
+    """A policy from keyword arguments, validated before anything is sent."""
+    return NetworkPolicy(
+        allow_domains=list(allow_domains or []),
+        allow_cidrs=list(allow_cidrs or []),
+        deny_domains=list(deny_domains or []),
+        deny_cidrs=list(deny_cidrs or []),
+        allow_public=allow_public,
+    )
 
 
 # --- commands ---

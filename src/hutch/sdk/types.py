@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hutch.models.common import IsolationClass, SandboxState
 from hutch.models.exec import ExecResult, ExitFrame
+from hutch.models.network import NetworkPolicy
 from hutch.sdk.exceptions import CommandTimeoutError, HutchSDKError
 
 
@@ -115,6 +116,7 @@ class SandboxInfo(BaseModel):
     expires_at: datetime | None = None
     ended_at: datetime | None = None
     end_reason: str | None = None
+    network: NetworkPolicy | None = None
 
 
 class SandboxPage(BaseModel):

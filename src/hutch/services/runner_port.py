@@ -18,6 +18,7 @@ from hutch.models.exec import (
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import (
     RunnerCreate,
     RunnerInfo,
@@ -77,6 +78,10 @@ class RunnerPort(Protocol):
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
         """`GET /v1/sandboxes/{id}/stats`."""
+        ...
+
+    async def set_network(self, sandbox_id: str, req: NetworkPolicy) -> SandboxInfo:
+        """`PUT /v1/sandboxes/{id}/network`."""
         ...
 
     async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecResult | ProcessInfo:

@@ -25,6 +25,7 @@ from hutch.ids import new_id
 from hutch.models.api import Mode, Page, Sandbox, SandboxCreate, Scope
 from hutch.models.common import ErrorCode, HutchError, IsolationClass, SandboxState
 from hutch.models.events import StateEvent
+from hutch.models.network import NetworkPolicy
 from hutch.models.privacy import secret_pairs
 from hutch.models.sandbox import RunnerCreate, SandboxInfo, SandboxStats, SetTimeout, check_env
 from hutch.services.clock import Clock
@@ -69,6 +70,7 @@ def to_wire(row: SandboxRow) -> Sandbox:
         expires_at=row.expires_at,
         ended_at=row.ended_at,
         end_reason=row.end_reason,
+        network=NetworkPolicy.model_validate(row.network) if row.network is not None else None,
     )
 
 
@@ -223,6 +225,7 @@ class SandboxService:
                 updated_at=now,
                 expires_at=now + timedelta(seconds=spec.timeout_s),
                 meta=[SandboxMetadataRow(key=k, value=v) for k, v in spec.metadata.items()],
+                network=spec.network.model_dump() if spec.network is not None else None,
             )
             s.add(row)
             s.flush()
@@ -407,6 +410,34 @@ class SandboxService:
             lambda: self._transition(sandbox_id, SandboxState.running, only_from=(), info=info)
         )
         assert wire is not None
+        return wire
+
+    def get_network(self, session: Session, actor: Principal, sandbox_id: str) -> NetworkPolicy:
+        """The sandbox's egress policy (an empty policy when it has only loopback)."""
+        actor.require(Scope.sandboxes_read)
+        row = self._row(session, actor, sandbox_id)
+        return NetworkPolicy.model_validate(row.network or {})
+
+    async def set_network(
+        self, actor: Principal, sandbox_id: str, policy: NetworkPolicy
+    ) -> Sandbox:
+        """Replace a running sandbox's egress policy: the runner enforces it first, then the
+        row records it (a failed change leaves both as they were)."""
+        await to_thread.run_sync(self.running, actor, sandbox_id, Scope.sandboxes_write)
+        await self.require_runner().set_network(sandbox_id, policy)
+
+        def store() -> Sandbox:
+            with self.db.session() as s:
+                row = s.get(SandboxRow, sandbox_id, with_for_update=True)
+                if row is None:
+                    raise sandbox_not_found(sandbox_id)
+                row.network = policy.model_dump()
+                row.updated_at = self.clock.now()
+                s.commit()
+                return to_wire(row)
+
+        wire = await to_thread.run_sync(store)
+        log.info("sandbox_network_set", sandbox_id=sandbox_id)
         return wire
 
     async def stats(self, actor: Principal, sandbox_id: str) -> SandboxStats:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
 from pathlib import Path
 
 
@@ -43,4 +45,41 @@ def leftovers(sandbox_id: str, state_dir: Path) -> list[str]:
                 found.append(f"loop device {dev.name} -> {backing}")
     if state_dir.exists():
         found.append(f"directory {state_dir}")
+    return found
+
+
+BASE_CHAINS = {
+    "prerouting_raw",
+    "prerouting_nat",
+    "input",
+    "forward",
+    "postrouting_nat",
+    "postrouting_raw",
+}
+
+
+def network_leftovers(netns: str | None, link_prefix: str, table: str) -> list[str]:
+    """Sandbox network traces of one runner in a network namespace (None: the host's): links
+    named with the runner's prefix, and per-sandbox chains, map entries or counters in its
+    nftables table. An empty list means no sandbox has any left."""
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+    found: list[str] = []
+    out = subprocess.run([*enter, "ip", "-j", "link"], capture_output=True, text=True, timeout=30)
+    for link in json.loads(out.stdout or "[]"):
+        if str(link.get("ifname", "")).startswith(link_prefix):
+            found.append(f"link {link['ifname']}")
+    out = subprocess.run(
+        [*enter, "nft", "-j", "list", "table", "inet", table],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if out.returncode == 0:
+        for item in json.loads(out.stdout).get("nftables", []):
+            if "chain" in item and item["chain"]["name"] not in BASE_CHAINS:
+                found.append(f"nft chain {item['chain']['name']}")
+            if "counter" in item:
+                found.append(f"nft counter {item['counter']['name']}")
+            if "map" in item and item["map"].get("elem"):
+                found.append(f"nft map {item['map']['name']} entries {item['map']['elem']}")
     return found

@@ -103,6 +103,8 @@ CASES = [
     Case("GET", "/v1/templates", "viewer", 200, other=200),
     Case("GET", "/v1/templates/base", "viewer", 200, other=200),
     Case("GET", SBX, "viewer", 200),
+    Case("GET", SBX + "/network", "viewer", 200),
+    Case("PUT", SBX + "/network", "member", 200, body=lambda p: {"allow_cidrs": ["198.18.0.0/24"]}),
     Case("DELETE", SBX, "member", 204, fresh=("sbx",)),
     Case("POST", SBX + "/timeout", "member", 200, body=lambda p: {"timeout_s": 600}),
     Case("GET", SBX + "/stats", "viewer", 200),

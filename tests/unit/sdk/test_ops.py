@@ -104,3 +104,16 @@ def test_paths_are_quoted_and_files_params() -> None:
     with pytest.raises(ValueError):
         _ops.list_dir("sbx_1", "/", depth=0)
     assert not _ops.send_stdin("sbx_1", 3, b"hi").idempotent
+
+
+def test_create_with_network_policy_and_update() -> None:
+    call = _create(network={"allow_domains": ["API.example.com."], "allow_public": True})
+    assert call.json is not None
+    assert call.json["network"]["allow_domains"] == ["api.example.com"]
+    assert call.json["network"]["allow_public"] is True
+    policy = _ops.network_policy(allow_cidrs=["10.1.0.0/16"], deny_domains=["*.bad.example"])
+    put = _ops.set_network("sbx_1", policy)
+    assert put.method == "PUT" and put.path == "/v1/sandboxes/sbx_1/network"
+    assert put.json == policy.model_dump()
+    with pytest.raises(ValidationError):
+        _ops.network_policy(allow_cidrs=["10.1.0.1/16"])  # host bits set

@@ -1,4 +1,4 @@
-"""Sandboxes: create, list, get, kill, timeout, stats."""
+"""Sandboxes: create, list, get, kill, timeout, stats, network policy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc
 from hutch.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
 from hutch.models.common import ErrorCode, HutchError, Problem, SandboxState
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxStats, SetTimeout
 
 router = APIRouter(
@@ -109,3 +110,23 @@ async def set_timeout(sandbox_id: SandboxId, body: SetTimeout, actor: Actor, svc
 async def stats(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> SandboxStats:
     """Live resource use."""
     return await svc.sandboxes.stats(actor, sandbox_id)
+
+
+@router.get("/{sandbox_id}/network", response_model=NetworkPolicy)
+async def get_network(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> NetworkPolicy:
+    """The sandbox's egress policy (empty: nothing but loopback is reachable)."""
+
+    def read() -> NetworkPolicy:
+        with svc.db.session() as db:
+            return svc.sandboxes.get_network(db, actor, sandbox_id)
+
+    return await run_in_threadpool(read)
+
+
+@router.put("/{sandbox_id}/network", response_model=Sandbox)
+async def set_network(
+    sandbox_id: SandboxId, body: NetworkPolicy, actor: Actor, svc: Svc
+) -> Sandbox:
+    """Replace the egress policy of a running sandbox. New connections follow it at once;
+    existing connections it no longer allows are cut."""
+    return await svc.sandboxes.set_network(actor, sandbox_id, body)

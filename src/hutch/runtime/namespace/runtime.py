@@ -66,6 +66,7 @@ class NamespaceRuntime(Runtime):
     """Sandboxes as namespaces on this host, each with PID 1 = the hutch-sandbox init."""
 
     isolation = IsolationClass.namespace
+    supports_network = True
 
     def __init__(
         self, work_dir: Path, *, seccomp: bool = True, cgroup_parent: str = "hutch"
@@ -285,6 +286,15 @@ class NamespaceRuntime(Runtime):
     async def resize(self, plan: SandboxPlan, pid: int, size: PtySize) -> None:
         """Nothing to do: the runner sets the size on the PTY master it holds and the kernel
         sends SIGWINCH to the terminal's foreground process group."""
+
+    def netns_pid(self, plan: SandboxPlan) -> int:
+        """PID 1's host pid: its network namespace is the sandbox's."""
+        pid = self._init_pid(plan)
+        if pid is None:
+            raise HutchError(
+                ErrorCode.sandbox_not_running, f"sandbox {plan.sandbox_id} is not running"
+            )
+        return pid
 
     def root_path(self, plan: SandboxPlan) -> Path:
         """The sandbox's `/`, reached through its PID 1."""

@@ -3,6 +3,7 @@
 from hutch.sdk.sandbox_async.commands import AsyncCommandHandle, AsyncCommands
 from hutch.sdk.sandbox_async.files import AsyncFiles, AsyncFileStream
 from hutch.sdk.sandbox_async.main import AsyncSandbox, AsyncSandboxPaginator
+from hutch.sdk.sandbox_async.network import AsyncNetwork
 from hutch.sdk.sandbox_async.pty import AsyncPty, AsyncPtyHandle
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "AsyncCommands",
     "AsyncFileStream",
     "AsyncFiles",
+    "AsyncNetwork",
     "AsyncPty",
     "AsyncPtyHandle",
     "AsyncSandbox",

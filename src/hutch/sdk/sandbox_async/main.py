@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any
 
 from hutch.models.common import DEFAULT_DISK_MB, IsolationClass, SandboxState
+from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxStats
 from hutch.sdk import _ops
 from hutch.sdk._http import AsyncHttp
@@ -13,6 +15,7 @@ from hutch.sdk.config import ConnectionConfig
 from hutch.sdk.exceptions import SandboxNotFoundError
 from hutch.sdk.sandbox_async.commands import AsyncCommands
 from hutch.sdk.sandbox_async.files import AsyncFiles
+from hutch.sdk.sandbox_async.network import AsyncNetwork
 from hutch.sdk.sandbox_async.pty import AsyncPty
 from hutch.sdk.types import SandboxInfo
 
@@ -67,6 +70,7 @@ class AsyncSandbox:
         self._commands = AsyncCommands(info.sandbox_id, http)
         self._files = AsyncFiles(info.sandbox_id, http)
         self._pty = AsyncPty(info.sandbox_id, http)
+        self._network = AsyncNetwork(info.sandbox_id, http)
 
     @property
     def sandbox_id(self) -> str:
@@ -94,6 +98,11 @@ class AsyncSandbox:
         return self._pty
 
     @property
+    def network(self) -> AsyncNetwork:
+        """The egress policy."""
+        return self._network
+
+    @property
     def connection_config(self) -> ConnectionConfig:
         """Where this sandbox's API lives."""
         return self._http.config
@@ -111,6 +120,7 @@ class AsyncSandbox:
         envs: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         secrets: list[str] | dict[str, str] | None = None,
+        network: NetworkPolicy | dict[str, Any] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
@@ -129,6 +139,7 @@ class AsyncSandbox:
             metadata=metadata,
             idempotency_key=idempotency_key,
             secrets=secrets,
+            network=network,
         )
         http = AsyncHttp(ConnectionConfig.resolve(api_url, api_key, request_timeout))
         try:

@@ -3,6 +3,7 @@
 from hutch.sdk.sandbox_sync.commands import CommandHandle, Commands
 from hutch.sdk.sandbox_sync.files import Files, FileStream
 from hutch.sdk.sandbox_sync.main import Sandbox, SandboxPaginator
+from hutch.sdk.sandbox_sync.network import Network
 from hutch.sdk.sandbox_sync.pty import Pty, PtyHandle
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Commands",
     "FileStream",
     "Files",
+    "Network",
     "Pty",
     "PtyHandle",
     "Sandbox",

@@ -2,7 +2,7 @@
 aggregates, account suspensions, scheduler leases, the per-project `audit_exec` setting.
 
 Revision ID: 0003_audit
-Revises: 0001
+Revises: 0002_billing
 """
 
 from __future__ import annotations

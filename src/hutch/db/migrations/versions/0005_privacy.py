@@ -1,7 +1,7 @@
 """Project secrets (envelope-encrypted), users' privacy state, sandbox owners.
 
 Revision ID: 0005_privacy
-Revises: 0001
+Revises: 0004_network
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_privacy"
-down_revision = "0003_audit"
+down_revision = "0004_network"
 branch_labels = None
 depends_on = None
 

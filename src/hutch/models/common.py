@@ -85,6 +85,10 @@ class ErrorCode(StrEnum):
     payment_required = "payment_required"
     account_restricted = "account_restricted"
     runner_unavailable = "runner_unavailable"
+    port_unreachable = "port_unreachable"
+    ports_unsupported = "ports_unsupported"
+    token_invalid = "token_invalid"
+    token_expired = "token_expired"
     internal = "internal"
 
 
@@ -119,6 +123,10 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.payment_required: 402,
     ErrorCode.account_restricted: 403,
     ErrorCode.runner_unavailable: 503,
+    ErrorCode.port_unreachable: 502,
+    ErrorCode.ports_unsupported: 422,
+    ErrorCode.token_invalid: 403,
+    ErrorCode.token_expired: 401,
     ErrorCode.internal: 500,
 }
 

@@ -280,6 +280,24 @@ class IsolationUnavailableError(HutchSDKError):
     default_code = ErrorCode.isolation_unavailable
 
 
+class PortsUnsupportedError(HutchSDKError):
+    """The sandbox's isolation class cannot expose ports."""
+
+    default_code = ErrorCode.ports_unsupported
+
+
+class TokenInvalidError(PermissionDeniedError):
+    """A port access token is forged or made for another sandbox or port."""
+
+    default_code = ErrorCode.token_invalid
+
+
+class TokenExpiredError(AuthenticationError):
+    """A port access token is past its expiry."""
+
+    default_code = ErrorCode.token_expired
+
+
 class ServiceUnavailableError(HutchSDKError):
     """The service cannot take the request right now; trying again later may work."""
 
@@ -294,6 +312,12 @@ class RunnerUnavailableError(ServiceUnavailableError):
     """The runner behind the API is not reachable."""
 
     default_code = ErrorCode.runner_unavailable
+
+
+class PortUnreachableError(ServiceUnavailableError):
+    """Nothing accepts connections on the sandbox port (502)."""
+
+    default_code = ErrorCode.port_unreachable
 
 
 class InternalServerError(HutchSDKError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 APP_PATH = "/tmp/hutch_test_app.py"
 
-APP_SOURCE = r'''
+APP_SOURCE = r"""
 import base64, hashlib, json, socket, struct, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
@@ -53,6 +53,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"hello from the sandbox " + url.path.encode())
 
     def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._echo_chunked()
         n = int(self.headers.get("Content-Length", "0"))
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -66,6 +68,19 @@ class Handler(BaseHTTPRequestHandler):
             n -= len(chunk)
 
     do_PUT = do_POST
+
+    def _echo_chunked(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        while True:
+            n = int(self.rfile.readline().split(b";")[0], 16)
+            data = self.rfile.read(n) if n else b""
+            self.rfile.readline()
+            self.wfile.write(b"%x\r\n%s\r\n" % (n, data))
+            if n == 0:
+                return
 
     def _websocket(self):
         key = self.headers["Sec-WebSocket-Key"]
@@ -113,4 +128,4 @@ if __name__ == "__main__":
     if ":" in host:
         Server.address_family = socket.AF_INET6
     Server((host, port), Handler).serve_forever()
-'''
+"""

@@ -14,15 +14,27 @@ from fastapi import FastAPI
 from hutch import __version__
 from hutch.api import errors
 from hutch.api.deps import Services
+from hutch.api.host_router import HostRouter
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
-from hutch.api.routers import keys, projects, sandbox_proxy, sandboxes, system, teams, users
+from hutch.api.port_proxy import PortProxy
+from hutch.api.routers import (
+    keys,
+    ports,
+    projects,
+    sandbox_proxy,
+    sandboxes,
+    system,
+    teams,
+    users,
+)
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
 from hutch.services.clock import Clock, SystemClock
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
+from hutch.services.ports import PortService, PortTokens, port_secret
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
 from hutch.services.sandboxes import Limits, SandboxService
@@ -54,17 +66,22 @@ def build_services(
         with db.session() as s:
             return sandboxes_svc.count_by_state(s)
 
+    pepper = load_pepper(settings.data_dir, pepper_cfg)
+    keys_svc = KeyService(pepper, clock)
+    ports_svc = PortService(db, sandboxes_svc, keys_svc, PortTokens(port_secret(pepper), clock))
     return Services(
         settings=settings,
         db=db,
         clock=clock,
-        keys=KeyService(load_pepper(settings.data_dir, pepper_cfg), clock),
+        keys=keys_svc,
         accounts=AccountService(clock),
         sandboxes=sandboxes_svc,
         idempotency=IdempotencyService(db, clock),
         reconciler=Reconciler(sandboxes_svc, settings.reconcile_interval_s),
         runner=runner,
         metrics=Metrics(counts),
+        ports=ports_svc,
+        port_proxy=PortProxy(ports_svc, sandboxes_svc.require_runner),
     )
 
 
@@ -102,6 +119,7 @@ def create_app(
                     tg.start_soon(svc.reconciler.consume_events)
             yield
             tg.cancel_scope.cancel()
+        await svc.port_proxy.aclose()
         if runner is not None:
             await runner.aclose()
 
@@ -113,7 +131,8 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy):
+    for module in (system, users, teams, projects, keys, sandboxes, sandbox_proxy, ports):
         app.include_router(module.router)
+    app.add_middleware(HostRouter, domain=settings.public_domain, proxy=lambda: svc.port_proxy)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics)
     return app

@@ -155,3 +155,7 @@ class IdempotencyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_idempotency_records_created_at", "created_at"),)
+
+
+# Tables kept in modules of their own register on the same metadata by being imported here.
+from hutch.db.ports import SandboxPortRow  # noqa: E402,F401

@@ -75,6 +75,8 @@ class PortTunnel:
     async def aclose(self) -> None:
         """Close the tunnel (and so the TCP connection in the sandbox)."""
         await self._ws.close()
+
+
 _events: TypeAdapter[StateEvent | UsageHeartbeat] = TypeAdapter(RunnerEvent)
 
 

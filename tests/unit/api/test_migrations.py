@@ -26,6 +26,7 @@ def test_migrated_schema_matches_the_models(database: Database) -> None:
         "sandboxes",
         "sandbox_metadata",
         "idempotency_records",
+        "sandbox_ports",
         "alembic_version",
     } <= tables
 
@@ -33,7 +34,19 @@ def test_migrated_schema_matches_the_models(database: Database) -> None:
 def test_migrate_is_idempotent(database: Database) -> None:
     database.migrate()
     with database.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == _head()
+
+
+def _head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

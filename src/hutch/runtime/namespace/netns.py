@@ -61,7 +61,9 @@ def _sockets_in(ns_fd: int, families: list[socket.AddressFamily]) -> list[socket
     return out
 
 
-async def connect_in_netns(ns_fd: int, port: int, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
+async def connect_in_netns(
+    ns_fd: int, port: int, timeout: float = CONNECT_TIMEOUT_S
+) -> socket.socket:
     """A connected, non-blocking socket to `port` on the loopback of the namespace `ns_fd`."""
     socks = await asyncio.to_thread(_sockets_in, ns_fd, [f for f, _ in LOOPBACKS])
     loop = asyncio.get_running_loop()

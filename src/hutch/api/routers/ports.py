@@ -121,21 +121,26 @@ PROXY_DOC = (
 )
 
 
-@router.api_route(
-    "/{port}/{path:path}",
-    methods=PROXY_METHODS,
-    summary="Proxy to a sandbox port",
-    description=PROXY_DOC,
-    response_class=Response,
-    responses={
-        **PROBLEM_RESPONSES,
-        200: {"description": "Whatever the sandbox's server answers"},
-        502: {"description": "Nothing listens on the port (`port_unreachable`)"},
-    },
-)
 async def proxy(sandbox_id: SandboxId, port: Port, path: str, svc: Svc) -> Response:
     """See PROXY_DOC."""
     return _Proxied(svc.port_proxy, sandbox_id, port)
+
+
+for _method in PROXY_METHODS:  # one operation per method: OpenAPI operation ids stay unique
+    router.add_api_route(
+        "/{port}/{path:path}",
+        proxy,
+        methods=[_method],
+        operation_id=f"proxy_port_{_method.lower()}",
+        summary="Proxy to a sandbox port",
+        description=PROXY_DOC,
+        response_class=Response,
+        responses={
+            **PROBLEM_RESPONSES,
+            200: {"description": "Whatever the sandbox's server answers"},
+            502: {"description": "Nothing listens on the port (`port_unreachable`)"},
+        },
+    )
 
 
 @router.websocket("/{port}/{path:path}")

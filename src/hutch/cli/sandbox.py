@@ -1,4 +1,5 @@
-"""`hutch sandbox`: create, ls, info, exec, kill (shell and cp live in their own modules)."""
+"""`hutch sandbox`: create, ls, info, exec, kill (shell, cp and port live in their own
+modules)."""
 
 from __future__ import annotations
 
@@ -240,10 +241,11 @@ def kill(
 
 def _attach_more() -> None:
     # `shell` and `cp` live in their own modules to keep this one small.
-    from hutch.cli import cp, shell
+    from hutch.cli import cp, ports, shell
 
     app.command("shell")(shell.shell)
     app.command("cp")(cp.cp)
+    app.command("port")(ports.port)
 
 
 _attach_more()

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from hutch.models.common import ExecUser, IsolationClass, SandboxState
 from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
+from hutch.models.ports import PortInfo, PortToken, PortTokenRequest, PortUpdate
 from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
 from hutch.sdk._http import Call, no_content
 from hutch.sdk.types import SandboxInfo, SandboxPage
@@ -120,6 +121,40 @@ def set_timeout(sandbox_id: str, timeout: int) -> Call[SandboxInfo]:
 def sandbox_stats(sandbox_id: str) -> Call[SandboxStats]:
     """GET /v1/sandboxes/{id}/stats."""
     return Call("GET", sbx_path(sandbox_id, "/stats"), _model(SandboxStats))
+
+
+# --- ports ---
+
+
+def port_info(sandbox_id: str, port: int) -> Call[PortInfo]:
+    """GET /v1/sandboxes/{id}/ports/{port}: access setting and URLs."""
+    return Call("GET", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo))
+
+
+def set_port(sandbox_id: str, port: int, public: bool) -> Call[PortInfo]:
+    """PUT /v1/sandboxes/{id}/ports/{port}."""
+    body = PortUpdate(public=public).model_dump()
+    return Call("PUT", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo), json=body)
+
+
+def port_token(sandbox_id: str, port: int, expires_in: int) -> Call[PortToken]:
+    """POST /v1/sandboxes/{id}/ports/{port}/token (validated locally first)."""
+    body = PortTokenRequest(expires_in=expires_in).model_dump()
+    path = sbx_path(sandbox_id, f"/ports/{int(port)}/token")
+    return Call("POST", path, _model(PortToken), json=body)
+
+
+def port_url(info: PortInfo | PortToken, path: str, routing: str) -> str:
+    """The URL of `path` on a port: host-routed (`routing="host"`) or path-routed, with the
+    token of a PortToken as `hutch_token`."""
+    if routing not in ("host", "path"):
+        raise ValueError(f"routing must be 'host' or 'path', not {routing!r}")
+    base = info.url if routing == "host" else info.path_url
+    base = base.split("?", 1)[0]
+    url = base + path.lstrip("/")
+    if isinstance(info, PortToken):
+        url += ("&" if "?" in url else "?") + f"hutch_token={info.token}"
+    return url
 
 
 # --- commands ---

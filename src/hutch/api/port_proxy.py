@@ -1,8 +1,9 @@
 """Reverse proxy from the API to TCP ports inside sandboxes, for HTTP and WebSocket.
 
 Each upstream connection is a runner byte tunnel (`RunnerPort.open_port`), so the sandbox gets
-no network: HTTP/1.1 is spoken over the tunnel by httpcore (kept alive and pooled per sandbox
-port), WebSockets by the `websockets` client over a socket pair relayed into the tunnel.
+no network: HTTP/1.1 is spoken over the tunnel full duplex (`hutch.api.upstream`, tunnels kept
+alive per sandbox port), WebSockets by the `websockets` client over a socket pair relayed into
+the tunnel.
 Bodies stream both ways. Hop-by-hop headers are dropped, `X-Forwarded-*` set, and Hutch's own
 credentials (API keys, port tokens, the token cookie) never reach the sandbox.
 """
@@ -12,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import anyio
-import httpcore
+import h11
 import structlog
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
@@ -30,6 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from hutch.api.errors import PROBLEM_JSON
+from hutch.api.upstream import TunnelPool, UpstreamBroken, exchange
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.ports import Access, PortService
 from hutch.services.runner_port import PortStream, RunnerPort
@@ -74,8 +75,6 @@ WS_HANDSHAKE = frozenset(
 )
 CHUNK = 64 * 1024
 WS_MAX_MESSAGE = 16 * 1024 * 1024
-TIMEOUTS = {"connect": 10.0, "read": None, "write": 60.0, "pool": 30.0}
-RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -205,63 +204,13 @@ def _unreachable(target: Target, why: str) -> HutchError:
     )
 
 
-class _TunnelStream(httpcore.AsyncNetworkStream):
-    def __init__(self, stream: PortStream) -> None:
-        self.stream = stream
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with anyio.fail_after(timeout):
-            return await self.stream.read(max_bytes)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            with anyio.fail_after(timeout):
-                await self.stream.write(buffer)
-        except ConnectionError as e:
-            raise httpcore.WriteError(str(e)) from e
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    def get_extra_info(self, info: str) -> Any:
-        # httpcore drops a pooled connection whose peer has gone (it would read EOF).
-        return self.stream.at_eof() if info == "is_readable" else None
-
-
-class _TunnelBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's connections are runner tunnels; the URL host carries the sandbox id."""
-
-    def __init__(self, runner: Callable[[], RunnerPort]) -> None:
-        self.runner = runner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _TunnelStream(await self.runner().open_port(host, port))
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-
-
 class PortProxy:
     """Serves proxied requests for the path route and the host route alike."""
 
     def __init__(self, ports: PortService, runner: Callable[[], RunnerPort]) -> None:
         self.ports = ports
         self.runner = runner
-        self.pool = httpcore.AsyncConnectionPool(
-            network_backend=_TunnelBackend(runner),
-            max_connections=None,
-            max_keepalive_connections=256,
-            keepalive_expiry=15.0,
-        )
+        self.pool = TunnelPool(runner)
 
     async def aclose(self) -> None:
         """Close pooled upstream connections."""
@@ -281,68 +230,48 @@ class PortProxy:
     # --- HTTP ---
 
     async def http(self, scope: Scope, receive: Receive, send: Send, target: Target) -> None:
-        """Proxy one HTTP request (any method), streaming both bodies."""
+        """Proxy one HTTP request (any method), streaming both bodies at once."""
         instance = scope["path"]
         try:
             access, set_cookie = await self._authorize(scope, target)
-            resp = await self._forward(scope, receive, target)
         except HutchError as e:
             await problem(e, instance)(scope, receive, send)
             return
-        except ClientDisconnect:
-            return
-        try:
-            # The API server adds its own Date; two would confuse caches.
-            drop = HOP_BY_HOP | {"date"}
-            out = [(k, v) for k, v in resp.headers if k.decode("latin-1").lower() not in drop]
-            if set_cookie and access.expires_at is not None:
-                ttl = self.ports.token_ttl(access.expires_at)
-                out.append((b"set-cookie", token_cookie(scope, target, access, ttl)))
-            await send({"type": "http.response.start", "status": resp.status, "headers": out})
-            assert isinstance(resp.stream, AsyncIterable)
-            async for chunk in resp.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (httpcore.ReadError, httpcore.RemoteProtocolError, OSError):
-            return  # the app or the client went away mid-body; nothing more can be said
-        finally:
-            await resp.aclose()
-
-    async def _forward(self, scope: Scope, receive: Receive, target: Target) -> httpcore.Response:
         headers = Headers(scope=scope)
-        out = upstream_headers(scope, headers, target)
-        method = scope["method"]
-        content: bytes | AsyncIterator[bytes] = b""
-        if "content-length" in headers or "transfer-encoding" in headers:
-            if "content-length" not in headers:
-                out.append((b"transfer-encoding", b"chunked"))
-            content = _body(receive)
-        req = httpcore.Request(
-            method,
-            httpcore.URL(
-                scheme=b"http",
-                host=target.sandbox_id.encode(),
-                port=target.port,
-                target=upstream_target(scope, target),
-            ),
-            headers=out,
-            content=content,
-            extensions={"timeout": TIMEOUTS},
+        out = [
+            (k, v) for k, v in upstream_headers(scope, headers, target) if k.lower() != b"expect"
+        ]
+        has_body = "content-length" in headers or "transfer-encoding" in headers
+        if has_body and "content-length" not in headers:
+            out.append((b"transfer-encoding", b"chunked"))
+        request = h11.Request(
+            method=scope["method"], target=upstream_target(scope, target), headers=out
         )
-        tries = 2 if method in RETRY_METHODS and content == b"" else 1
-        for attempt in range(tries):
-            try:
-                return await self.pool.handle_async_request(req)
-            except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
-                # A pooled connection the app had closed: an idempotent request is retried once.
-                if attempt + 1 < tries:
-                    continue
-                raise _unreachable(
-                    target, f"closed the connection without an answer ({e})"
-                ) from None
-            except httpcore.TimeoutException:
-                raise _unreachable(target, "did not answer in time") from None
-        raise AssertionError("unreachable")
+        cookie = None
+        if set_cookie and access.expires_at is not None:
+            cookie = token_cookie(scope, target, access, self.ports.token_ttl(access.expires_at))
+
+        async def start(status: int, upstream: list[tuple[bytes, bytes]]) -> None:
+            # The API server adds its own Date and framing; two would confuse clients.
+            drop = HOP_BY_HOP | {"date"}
+            kept = [(k, v) for k, v in upstream if k.decode("latin-1").lower() not in drop]
+            if cookie is not None:
+                kept.append((b"set-cookie", cookie))
+            await send({"type": "http.response.start", "status": status, "headers": kept})
+
+        async def body(chunk: bytes, more: bool) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+        key = (target.sandbox_id, target.port)
+        try:
+            await exchange(self.pool, key, request, has_body, receive, start, body)
+        except HutchError as e:
+            await problem(e, instance)(scope, receive, send)
+        except UpstreamBroken as e:
+            err = _unreachable(target, f"closed the connection without an answer ({e})")
+            await problem(err, instance)(scope, receive, send)
+        except (ClientDisconnect, OSError):
+            return
 
     # --- WebSocket ---
 

@@ -53,7 +53,7 @@ def start_app(api: httpx.Client, sandbox_id: str, port: int) -> None:
     assert r.status_code == 200, r.text
     r = api.post(
         f"/v1/sandboxes/{sandbox_id}/exec",
-        json={"cmd": ["python3", APP_PATH, str(port)], "background": True},
+        json={"cmd": ["python3", APP_PATH, str(port)], "background": True, "timeout_s": None},
     )
     assert r.status_code == 201, r.text
     deadline = time.monotonic() + DEADLINE_S

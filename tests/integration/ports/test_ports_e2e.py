@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -100,7 +101,7 @@ def test_http_through_the_path_and_host_routes(served: Served, hutch: srv.Server
     assert r.text == "hello from the sandbox /v1/me"
 
 
-def test_bodies_stream_both_ways(served: Served, hutch: srv.Server) -> None:
+def test_bodies_stream_both_ways(served: Served, hutch: srv.Server, tmp_path: Path) -> None:
     body = os.urandom(8 << 20)
 
     def chunks() -> Iterator[bytes]:
@@ -109,6 +110,33 @@ def test_bodies_stream_both_ways(served: Served, hutch: srv.Server) -> None:
 
     r = served.api.post(served.path + "/echo", content=chunks())  # chunked upload
     assert r.status_code == 200 and r.content == body
+    # The app answers while it reads: the proxy must read and send at once (a proxy that
+    # sends the whole request first deadlocks once the buffers between them are full).
+    # curl reads while it sends, as browsers do (httpx sends first, so it cannot show this).
+    src, dst = tmp_path / "up", tmp_path / "down"
+    src.write_bytes(os.urandom(64 << 20))
+    key = served.api.headers["authorization"]
+    done = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "120",
+            "-H",
+            f"Authorization: {key}",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            f"@{src}",
+            "-o",
+            str(dst),
+            hutch.url + served.path + "/echo",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert dst.read_bytes() == src.read_bytes()
     r = served.api.get(served.path + "/bytes", params={"n": 20 << 20})
     assert r.status_code == 200 and len(r.content) == 20 << 20
 

@@ -37,7 +37,7 @@ async def sbx(client: RunnerClient) -> AsyncIterator[str]:
 
 async def serve(c: RunnerClient, sid: str, port: int, host: str = "127.0.0.1") -> None:
     """Start the test app in the sandbox and wait (polling) until its port answers."""
-    await c.start(sid, ExecRequest(cmd=["python3", APP_PATH, str(port), host]))
+    await c.start(sid, ExecRequest(cmd=["python3", APP_PATH, str(port), host], timeout_s=None))
     deadline = time.monotonic() + DEADLINE_S
     while True:
         try:

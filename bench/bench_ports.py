@@ -3,8 +3,9 @@ directly inside the sandbox's network namespace (the raw primitive), in the same
 
 Latency: small GETs on one kept-alive connection — through the path route with an API key, with
 a signed token, on a public port via the host route, and directly (a client thread that joined
-the sandbox's netns). Throughput: a large download and upload with curl through the proxy and
-with `nsenter -t PID1 -n curl` inside the netns. Run as root: `.venv/bin/python -m
+the sandbox's netns); `GET /healthz` shows what any API request costs on the same machine.
+Throughput: a large download and upload with curl through the proxy and with
+`nsenter -t PID1 -n curl` inside the netns. Run as root: `.venv/bin/python -m
 bench.bench_ports [-n 500] [--mb 256]`.
 """
 
@@ -22,11 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
+from tests.integration.sandbox_app import APP_PATH, APP_SOURCE
 
 from bench._common import print_table, save, summary
 from bench.bench_api import free_port, start_serve
 from hutch.runtime.templates import SHARED_TEST_TEMPLATE_DIR, TemplateStore
-from tests.integration.sandbox_app import APP_PATH, APP_SOURCE
 
 CLONE_NEWNET = 0x40000000
 
@@ -87,7 +88,16 @@ def direct_latency(pid: int, n: int) -> list[float]:
 def curl_mb_s(args: list[str], nbytes: int) -> float:
     """MB/s of one curl transfer (its own timing, so process start-up is not counted)."""
     out = subprocess.run(
-        [*args, "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download} %{size_upload}"],
+        [
+            *args,
+            "-sS",
+            "--max-time",
+            "300",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total} %{size_download} %{size_upload}",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -130,6 +140,9 @@ def main(n: int, mb: int) -> None:
             rows.append(direct)
             bp50 = float(direct["p50_ms"])  # type: ignore[arg-type]
             with httpx.Client(base_url=base, headers=auth, timeout=60) as c:
+                # What any API request costs here (no database, no runner): the floor.
+                xs = timed_gets(lambda: c.get("/healthz").raise_for_status(), n)
+                rows.append(summary("API floor: GET /healthz", xs, bp50))
                 xs = timed_gets(lambda: c.get(path + "/").raise_for_status(), n)
                 rows.append(summary("proxy, path route, API key", xs, bp50))
             with httpx.Client(base_url=base, timeout=60) as c:

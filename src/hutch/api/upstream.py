@@ -130,8 +130,11 @@ async def _one(
 ) -> bool:
     """Run one exchange on `stream`; True if the tunnel may be kept for another."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+    head = conn.send(request)
+    if not has_body:  # the whole request in one write; nothing left for the client side
+        head += conn.send(h11.EndOfMessage())
     try:
-        await stream.write(conn.send(request))
+        await stream.write(head)
     except ConnectionError as e:
         raise UpstreamBroken(str(e)) from None
     gone = asyncio.Event()  # the client disconnected
@@ -190,15 +193,16 @@ async def _client_side(
     early, close the tunnel so the answer stops (an endless stream would otherwise go on)."""
     try:
         try:
-            while has_body:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                if msg.get("body"):
-                    await stream.write(conn.send(h11.Data(data=msg["body"])))
-                if not msg.get("more_body", False):
-                    break
-            await stream.write(conn.send(h11.EndOfMessage()))
+            if has_body:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        raise ClientDisconnect()
+                    if msg.get("body"):
+                        await stream.write(conn.send(h11.Data(data=msg["body"])))
+                    if not msg.get("more_body", False):
+                        break
+                await stream.write(conn.send(h11.EndOfMessage()))
         except (ConnectionError, h11.LocalProtocolError):
             pass  # the app stopped taking the body; its answer (if any) is still read
         while (await receive())["type"] != "http.disconnect":

@@ -63,6 +63,8 @@ class PortTunnel:
 
     async def write(self, data: bytes) -> None:
         """Send bytes; raises ConnectionError once the tunnel is closed."""
+        if not data:
+            return
         try:
             await self._ws.send(data)
         except ConnectionClosed as e:

@@ -114,6 +114,7 @@ def create_app(
         async with anyio.create_task_group() as tg:
             if background:
                 tg.start_soon(_purge_idempotency, svc)
+                tg.start_soon(svc.port_proxy.pool.sweep_periodically)
                 if runner is not None:
                     tg.start_soon(svc.reconciler.run_periodically)
                     tg.start_soon(svc.reconciler.consume_events)

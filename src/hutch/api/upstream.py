@@ -76,6 +76,12 @@ class TunnelPool:
         else:
             idle.append((stream, now))
 
+    async def sweep_periodically(self) -> None:
+        """Close tunnels idle for too long even when no request comes (runs with the app)."""
+        while True:
+            await asyncio.sleep(IDLE_S / 3)
+            self._sweep(time.monotonic())
+
     async def aclose(self) -> None:
         """Close every idle tunnel."""
         for idle in self._idle.values():

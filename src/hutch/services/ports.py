@@ -21,6 +21,7 @@ from sqlalchemy import select
 from hutch.db.models import SandboxRow
 from hutch.db.ports import SandboxPortRow
 from hutch.db.session import Database
+from hutch.ids import is_id
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, HutchError, SandboxState
 from hutch.models.ports import PORT_MAX, PORT_MIN
@@ -130,6 +131,8 @@ class PortService:
     # --- settings ---
 
     def _own_row(self, actor: Principal, sandbox_id: str) -> SandboxRow:
+        if not is_id(sandbox_id, "sbx"):  # never stored; and a NUL would upset PostgreSQL
+            raise sandbox_not_found(sandbox_id)
         with self.db.session() as s:
             row = s.get(SandboxRow, sandbox_id)
             if row is None or row.project_id != actor.project_id or row.mode != actor.mode.value:
@@ -190,6 +193,8 @@ class PortService:
         """May this request reach the port? Public ports need nothing; otherwise an API key
         (tenancy and scope checked; another tenant's sandbox is 404) or a valid token. The
         sandbox must be running. Unauthenticated callers learn nothing about the sandbox."""
+        if not is_id(sandbox_id, "sbx"):
+            raise sandbox_not_found(sandbox_id)
         access: Access | None = None
         if self.is_public(sandbox_id, port):
             access = Access("public")

@@ -304,6 +304,9 @@ def test_nothing_listening_is_a_502_problem(served: Served, hutch: srv.Server) -
     assert e.value.response.status_code == 502
     r = served.api.get(f"/v1/sandboxes/{served.sandbox_id}/ports/70000/")
     assert r.status_code == 422
+    for bad in ("sbx_%00", "nope", "prj_" + served.sandbox_id[4:]):
+        r = httpx.get(f"{hutch.url}/v1/sandboxes/{bad}/ports/8000/")
+        assert r.status_code == 404 and r.json()["code"] == "sandbox_not_found", r.text
 
 
 def test_sandbox_still_has_no_network(served: Served) -> None:

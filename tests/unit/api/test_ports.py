@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.datastructures import Headers
 
+from hutch.api.deps import Services
 from hutch.api.port_proxy import Target, hutch_key, upstream_headers, upstream_target
+from hutch.db.models import SandboxRow
 from hutch.ids import new_id
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.clock import FakeClock
+from hutch.services.permissions import Principal
 from hutch.services.ports import PortTokens, host_label, parse_host, port_secret
+from tests.unit.api.conftest import Who, World
 
 SID = new_id("sbx")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -109,3 +114,75 @@ def test_upstream_target_strips_the_prefix_and_only_our_token() -> None:
     assert upstream_target(scope, target) == b"/a%20b?x=1&y="
     scope = {"path": "/", "raw_path": b"/", "query_string": b"q=hutch"}
     assert upstream_target(scope, Target(SID, 8000, "")) == b"/?q=hutch"
+
+
+# --- the access decision and settings, on SQLite and PostgreSQL ---
+
+
+def _sandbox(svc: Services, project_id: str, state: str = "running") -> str:
+    now = svc.clock.now()
+    sid = new_id("sbx")
+    with svc.db.session() as s:
+        s.add(
+            SandboxRow(
+                id=sid,
+                project_id=project_id,
+                mode="live",
+                template="base",
+                isolation="namespace",
+                vcpu=1,
+                memory_mb=1024,
+                disk_mb=4096,
+                timeout_s=300,
+                state=state,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(seconds=300),
+            )
+        )
+        s.commit()
+    return sid
+
+
+def _actor(svc: Services, who: Who) -> Principal:
+    with svc.db.session() as s:
+        return svc.keys.authenticate(s, who.key)
+
+
+def _code(fn: Callable[[], object]) -> ErrorCode:
+    with pytest.raises(HutchError) as e:
+        fn()
+    return e.value.code
+
+
+def test_access_decision(svc: Services, world: World) -> None:
+    ports = svc.ports
+    sid = _sandbox(svc, world.project_id)
+    member, viewer, other = world.users["member"], world.users["viewer"], world.users["other"]
+    assert ports.authorize(sid, 8000, member.key, []).via == "key"
+    assert _code(lambda: ports.authorize(sid, 8000, None, [])) is ErrorCode.unauthenticated
+    assert _code(lambda: ports.authorize(sid, 8000, viewer.key, [])) is ErrorCode.forbidden
+    assert _code(lambda: ports.authorize(sid, 8000, other.key, [])) is ErrorCode.sandbox_not_found
+    token, _ = ports.mint(_actor(svc, member), sid, 8000, 60)
+    assert ports.authorize(sid, 8000, None, ["v1.1.x", token]).via == "token"  # any cookie
+    assert _code(lambda: ports.authorize(sid, 8001, None, [token])) is ErrorCode.token_invalid
+    assert _code(lambda: ports.mint(_actor(svc, other), sid, 8000, 60)) is (
+        ErrorCode.sandbox_not_found
+    )
+    # public: per port, persisted, reversible; only writers may change it
+    assert _code(lambda: ports.set_public(_actor(svc, viewer), sid, 8000, True)) is (
+        ErrorCode.forbidden
+    )
+    assert ports.set_public(_actor(svc, member), sid, 8000, True) is True
+    assert ports.authorize(sid, 8000, None, []).via == "public"
+    assert ports.list_public(_actor(svc, viewer), sid) == [8000]
+    assert _code(lambda: ports.authorize(sid, 8001, None, [])) is ErrorCode.unauthenticated
+    ports.set_public(_actor(svc, member), sid, 8000, False)
+    assert _code(lambda: ports.authorize(sid, 8000, None, [])) is ErrorCode.unauthenticated
+    stopped = _sandbox(svc, world.project_id, "stopped")
+    assert _code(lambda: ports.authorize(stopped, 8000, member.key, [])) is (
+        ErrorCode.sandbox_not_running
+    )
+    assert _code(lambda: ports.authorize("sbx_\x00", 8000, member.key, [])) is (
+        ErrorCode.sandbox_not_found
+    )

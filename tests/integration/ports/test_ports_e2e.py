@@ -309,7 +309,7 @@ def test_nothing_listening_is_a_502_problem(served: Served, hutch: srv.Server) -
         assert r.status_code == 404 and r.json()["code"] == "sandbox_not_found", r.text
 
 
-def test_sandbox_still_has_no_network(served: Served) -> None:
+def test_sandbox_still_has_no_network(served: Served, hutch: srv.Server) -> None:
     r = served.api.post(
         f"/v1/sandboxes/{served.sandbox_id}/exec",
         json={"cmd": "cat /proc/net/dev; echo ---; cat /proc/net/route"},
@@ -317,6 +317,20 @@ def test_sandbox_still_has_no_network(served: Served) -> None:
     dev, route = r.json()["stdout"].split("---\n")
     assert [ln.split(":")[0].strip() for ln in dev.splitlines() if ":" in ln] == ["lo"]
     assert len(route.strip().splitlines()) == 1  # the header: no route anywhere
+    # No way out: a documentation address (192.0.2.1, never routed) fails in the kernel
+    # before any packet is sent, and the API's own port on the host's loopback is not the
+    # sandbox's loopback.
+    probe = (
+        "import errno, socket, sys\n"
+        "for addr in [('192.0.2.1', 80), ('127.0.0.1', int(sys.argv[1]))]:\n"
+        "    s = socket.socket(); s.settimeout(5)\n"
+        "    print(errno.errorcode.get(s.connect_ex(addr), 'connected'))\n"
+    )
+    r = served.api.post(
+        f"/v1/sandboxes/{served.sandbox_id}/exec",
+        json={"cmd": ["python3", "-c", probe, str(_port_of(hutch.url))]},
+    )
+    assert r.json()["stdout"].split() == ["ENETUNREACH", "ECONNREFUSED"], r.text
 
 
 # --- life cycle and leaks ---

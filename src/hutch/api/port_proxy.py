@@ -244,9 +244,14 @@ class PortProxy:
         has_body = "content-length" in headers or "transfer-encoding" in headers
         if has_body and "content-length" not in headers:
             out.append((b"transfer-encoding", b"chunked"))
-        request = h11.Request(
-            method=scope["method"], target=upstream_target(scope, target), headers=out
-        )
+        try:
+            request = h11.Request(
+                method=scope["method"], target=upstream_target(scope, target), headers=out
+            )
+        except h11.LocalProtocolError as e:
+            bad = HutchError(ErrorCode.invalid_request, f"cannot forward this request: {e}")
+            await problem(bad, instance)(scope, receive, send)
+            return
         cookie = None
         if set_cookie and access.expires_at is not None:
             cookie = token_cookie(scope, target, access, self.ports.token_ttl(access.expires_at))

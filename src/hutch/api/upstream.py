@@ -18,7 +18,7 @@ from starlette.types import Receive
 
 from hutch.services.runner_port import PortStream, RunnerPort
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 IDLE_S = 15.0
 MAX_IDLE_PER_PORT = 16
 MAX_HEADER_BYTES = 64 * 1024

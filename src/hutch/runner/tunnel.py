@@ -5,7 +5,7 @@ Protocol of `WS /v1/sandboxes/{id}/ports/{port}/connect`:
   or an error frame `{"type": "error", "code", "detail"}` and closes with 4000 + HTTP status
   (4404 unknown sandbox, 4409 not running, 4422 isolation class without ports, 4502 nothing
   listening);
-- afterwards binary frames carry the bytes, in order, both ways (at most 64 KiB per frame from
+- afterwards binary frames carry the bytes, in order, both ways (at most 256 KiB per frame from
   the runner); text frames from the client are ignored;
 - there is no half-close: when the sandbox side closes, the runner sends what it read and closes
   the WebSocket (1000); when the client closes, the runner closes the TCP connection; when the
@@ -29,7 +29,7 @@ from hutch.models.exec import ErrorFrame
 from hutch.runner.manager import SandboxManager
 
 log = structlog.get_logger("hutch.runner.tunnel")
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 WS_REFUSED_BASE = 4000
 CLOSE_SANDBOX_GONE = 1001
 

@@ -193,3 +193,5 @@ def exit_code_for(status_code: int | None, signal: int | None) -> int:
     if signal:
         return 128 + signal
     return status_code or 0
+
+

@@ -16,13 +16,16 @@ from hutch import __version__
 from hutch.api import errors
 from hutch.api.billing_wiring import build_billing
 from hutch.api.deps import Services
+from hutch.api.host_router import HostRouter
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
+from hutch.api.port_proxy import PortProxy
 from hutch.api.routers import (
     admin,
     audit,
     billing,
     keys,
+    ports,
     privacy,
     projects,
     sandbox_proxy,
@@ -43,6 +46,7 @@ from hutch.services.clock import Clock, SystemClock
 from hutch.services.exec_audit import ExecAudit
 from hutch.services.idempotency import IdempotencyService
 from hutch.services.keys import KeyService, load_pepper
+from hutch.services.ports import PortService, PortTokens, port_secret
 from hutch.services.privacy import PrivacyService
 from hutch.services.reconcile import Reconciler
 from hutch.services.retention import register_retention_jobs
@@ -137,11 +141,13 @@ def build_services(
     scheduler.register(
         "billing", timedelta(seconds=settings.billing_interval_s), billing.tick, lease=BILLING_LEASE
     )
+    keys_svc = KeyService(pepper, clock, admin_log)
+    ports_svc = PortService(db, sandboxes_svc, keys_svc, PortTokens(port_secret(pepper), clock))
     return Services(
         settings=settings,
         db=db,
         clock=clock,
-        keys=KeyService(pepper, clock, admin_log),
+        keys=keys_svc,
         accounts=accounts,
         sandboxes=sandboxes_svc,
         idempotency=idempotency,
@@ -160,6 +166,8 @@ def build_services(
         suspensions=SuspensionService(clock, admin_log, sandboxes_svc),
         secrets=secrets_svc,
         privacy=privacy_svc,
+        ports=ports_svc,
+        port_proxy=PortProxy(ports_svc, sandboxes_svc.require_runner),
     )
 
 
@@ -184,11 +192,13 @@ def create_app(
             if background:
                 tg.start_soon(svc.scheduler.run_forever, settings.scheduler_tick_s)
                 tg.start_soon(svc.usage_log.run_flusher)
+                tg.start_soon(svc.port_proxy.pool.sweep_periodically)
                 if runner is not None:
                     tg.start_soon(svc.reconciler.run_periodically)
                     tg.start_soon(svc.reconciler.consume_events)
             yield
             tg.cancel_scope.cancel()
+        await svc.port_proxy.aclose()
         if runner is not None:
             await runner.aclose()
 
@@ -201,7 +211,8 @@ def create_app(
     app.state.services = svc
     errors.install(app)
     routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates)
-    for module in (*routers, billing, audit, admin, privacy, secrets):
+    for module in (*routers, ports, billing, audit, admin, privacy, secrets):
         app.include_router(module.router)
+    app.add_middleware(HostRouter, domain=settings.public_domain, proxy=lambda: svc.port_proxy)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage_log)
     return app

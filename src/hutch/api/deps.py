@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from hutch.api.metrics import Metrics
+from hutch.api.port_proxy import PortProxy
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
 from hutch.services.accounts import AccountService
@@ -28,6 +29,7 @@ from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, 
 from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
+from hutch.services.ports import PortService
 from hutch.services.privacy import PrivacyService
 from hutch.services.reconcile import Reconciler
 from hutch.services.runner_port import RunnerPort
@@ -66,6 +68,8 @@ class Services:
     suspensions: SuspensionService
     secrets: SecretService
     privacy: PrivacyService
+    ports: PortService
+    port_proxy: PortProxy
 
 
 def services(conn: HTTPConnection) -> Services:

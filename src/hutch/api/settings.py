@@ -17,6 +17,13 @@ class ApiSettings(Settings):
     key_pepper: SecretStr | None = Field(
         default=None, description="HMAC secret for API keys; default: DATA_DIR/pepper (0600)"
     )
+    public_domain: str = Field(
+        default="localhost",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="Sandbox ports are also served at {port}-sbx-{id}.<public_domain>",
+    )
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     auth_cache_s: float = Field(
         default=1.0,

@@ -1,4 +1,4 @@
-"""`hutch sandbox`: create, ls, info, exec, kill (shell, cp and network live in their own
+"""`hutch sandbox`: create, ls, info, exec, kill (shell, cp, network and port live in their own
 modules)."""
 
 from __future__ import annotations
@@ -255,11 +255,12 @@ def kill(
 
 def _attach_more() -> None:
     # `shell` and `cp` live in their own modules to keep this one small.
-    from hutch.cli import cp, shell
+    from hutch.cli import cp, ports, shell
 
     app.command("shell")(shell.shell)
     app.command("cp")(cp.cp)
     app.command("network")(net.network)
+    app.command("port")(ports.port)
 
 
 _attach_more()

@@ -164,4 +164,5 @@ class IdempotencyRow(Base):
 # Tables kept in modules of their own, imported here so the metadata (and Alembic) see them.
 from hutch.db import audit as _audit  # noqa: E402, F401
 from hutch.db import billing as _billing  # noqa: E402, F401
+from hutch.db import ports as _ports  # noqa: E402, F401
 from hutch.db import privacy as _privacy  # noqa: E402, F401

@@ -38,6 +38,7 @@ class Scope(StrEnum):
 
     sandboxes_read = "sandboxes:read"
     sandboxes_write = "sandboxes:write"
+    ports_access = "ports:access"
     keys_write = "keys:write"
     keys_admin = "keys:admin"
     projects_read = "projects:read"

@@ -90,6 +90,10 @@ class ErrorCode(StrEnum):
     secrets_unavailable = "secrets_unavailable"
     runner_unavailable = "runner_unavailable"
     billing_unavailable = "billing_unavailable"
+    port_unreachable = "port_unreachable"
+    ports_unsupported = "ports_unsupported"
+    token_invalid = "token_invalid"
+    token_expired = "token_expired"
     internal = "internal"
 
 
@@ -129,6 +133,10 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.secrets_unavailable: 503,
     ErrorCode.runner_unavailable: 503,
     ErrorCode.billing_unavailable: 503,
+    ErrorCode.port_unreachable: 502,
+    ErrorCode.ports_unsupported: 422,
+    ErrorCode.token_invalid: 403,
+    ErrorCode.token_expired: 401,
     ErrorCode.internal: 500,
 }
 

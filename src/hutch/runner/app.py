@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
@@ -54,9 +55,20 @@ from hutch.models.files import Exists
 from hutch.runner.files import SandboxFiles
 from hutch.runner.manager import SandboxManager
 from hutch.runner.processes import Process, ProcessTable
+from hutch.runner.tunnel import Tunnels
 from hutch.runtime.base import ExitStatus
 
 PROBLEM = "application/problem+json"
+PORTS_DOC = (
+    "`WS /v1/sandboxes/{sid}/ports/{port}/connect` (a WebSocket, so not listed under paths): "
+    "a byte tunnel to TCP `port` on the sandbox's own loopback (127.0.0.1, else ::1), made "
+    "from the runner without giving the sandbox any network. The first frame is text "
+    '`{"type": "connected"}`, or an error frame `{"type": "error", "code", "detail"}` followed '
+    "by close code 4000 + HTTP status (4404, 4409, 4422 isolation class without ports, 4502 "
+    "nothing listening). Then binary frames carry the bytes both ways, in order. No half-close: "
+    "the sandbox side closing ends the WebSocket (1000), the client closing ends the TCP "
+    "connection, the sandbox stopping ends it with 1001."
+)
 _frames: TypeAdapter[Any] = TypeAdapter(ClientFrame)
 SandboxPath = Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")]
 
@@ -85,16 +97,23 @@ def validation_problem(exc: RequestValidationError | ValidationError) -> HutchEr
 def create_app(manager: SandboxManager) -> FastAPI:
     """The runner's ASGI app; `manager` is started and stopped with it."""
 
+    tunnels = Tunnels()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        watcher = asyncio.create_task(tunnels.watch(manager))
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await manager.stop()
 
     app = FastAPI(
         title="Hutch runner protocol",
+        openapi_tags=[{"name": "ports", "description": PORTS_DOC}],
         version=__version__,
         lifespan=lifespan,
         description="The privileged runner's API: sandboxes, exec, processes, files, events.",
@@ -300,6 +319,20 @@ def create_app(manager: SandboxManager) -> FastAPI:
     async def remove(sid: str, path: SandboxPath, recursive: bool = False) -> Response:
         await asyncio.to_thread(files(sid).remove, path, recursive)
         return Response(status_code=204)
+
+    # ----------------------------------------------------------------- ports
+
+    @app.websocket("/v1/sandboxes/{sid}/ports/{port}/connect")
+    async def port_connect(
+        ws: WebSocket, sid: str, port: Annotated[int, Path(ge=1, le=65535)]
+    ) -> None:
+        async def connect() -> socket.socket:
+            sb = manager.running(sid)
+            return await manager.runtimes[sb.record.isolation].connect_port(sb.plan, port)
+
+        await tunnels.serve(ws, sid, port, connect)
+
+    app.state.tunnels = tunnels
 
     # ----------------------------------------------------------------- events
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, unix_connect
+from websockets.exceptions import ConnectionClosed
 
 from hutch.models import (
     ErrorCode,
@@ -39,6 +40,46 @@ from hutch.models import (
 from hutch.models.files import Exists
 
 BASE = "http://runner"
+TUNNEL_FRAME_MAX = 1 << 20
+
+
+class PortTunnel:
+    """An open byte tunnel to a sandbox port (see `hutch.runner.tunnel` for the protocol)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._rest = b""
+
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` bytes; b"" once the sandbox side has closed."""
+        while not self._rest:
+            try:
+                msg = await self._ws.recv()
+            except ConnectionClosed:
+                return b""
+            if isinstance(msg, bytes):
+                self._rest = msg
+        data, self._rest = self._rest[:max_bytes], self._rest[max_bytes:]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes; raises ConnectionError once the tunnel is closed."""
+        if not data:
+            return
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as e:
+            raise ConnectionError("the port tunnel is closed") from e
+
+    def at_eof(self) -> bool:
+        """Whether the tunnel has ended (nothing buffered and the WebSocket is closing)."""
+        return not self._rest and self._ws.state.name in ("CLOSING", "CLOSED")
+
+    async def aclose(self) -> None:
+        """Close the tunnel (and so the TCP connection in the sandbox)."""
+        await self._ws.close()
+
+
 _events: TypeAdapter[StateEvent | UsageHeartbeat] = TypeAdapter(RunnerEvent)
 
 
@@ -179,6 +220,36 @@ class RunnerClient:
     def exec_stream(self, sid: str) -> Any:
         """WebSocket for streaming exec (see hutch.models.exec for the frames)."""
         return self.websocket(f"/v1/sandboxes/{sid}/exec/stream")
+
+    async def open_port(self, sid: str, port: int) -> PortTunnel:
+        """A byte tunnel to TCP `port` on the sandbox's loopback; the caller closes it.
+
+        Raises the runner's error (`port_unreachable`, `sandbox_not_running`, …) as HutchError."""
+        try:
+            ws: ClientConnection = await unix_connect(
+                self.socket_path,
+                f"ws://runner/v1/sandboxes/{sid}/ports/{port}/connect",
+                max_size=TUNNEL_FRAME_MAX,
+                max_queue=4,
+                compression=None,
+            )
+        except OSError as e:
+            raise HutchError(ErrorCode.runner_unavailable, f"the runner is unreachable: {e}") from e
+        try:
+            first = await ws.recv()
+            frame = json.loads(first) if isinstance(first, str) else {}
+        except (ConnectionClosed, ValueError):
+            await ws.close()
+            raise HutchError(ErrorCode.runner_unavailable, "the runner closed the tunnel") from None
+        if frame.get("type") != "connected":
+            await ws.close()
+            code = frame.get("code", "internal")
+            try:
+                err = ErrorCode(code)
+            except ValueError:
+                err = ErrorCode.internal
+            raise HutchError(err, str(frame.get("detail") or "the tunnel was refused"))
+        return PortTunnel(ws)
 
     async def events(self) -> AsyncIterator[StateEvent | UsageHeartbeat]:
         """Runner events as they happen, until the connection drops."""

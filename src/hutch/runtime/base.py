@@ -7,6 +7,7 @@ knows how to make, drive and unmake one sandbox. Runtimes never import services 
 from __future__ import annotations
 
 import abc
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,17 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def stats(self, plan: SandboxPlan) -> SandboxStats:
         """Live resource use."""
+
+    async def connect_port(self, plan: SandboxPlan, port: int) -> socket.socket:
+        """A TCP connection to `port` on the sandbox's own loopback (127.0.0.1, then ::1),
+        made without giving the sandbox any network. Returns a connected non-blocking socket
+        the caller owns; raises `port_unreachable` when nothing listens there.
+
+        Classes that cannot reach the sandbox's loopback keep this default."""
+        raise HutchError(
+            ErrorCode.ports_unsupported,
+            f"the {self.isolation.value} isolation class cannot expose sandbox ports",
+        )
 
 
 class ExitWaiter(abc.ABC):

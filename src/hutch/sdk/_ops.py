@@ -14,6 +14,7 @@ from hutch.models.common import ExecUser, IsolationClass, SandboxState
 from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
 from hutch.models.network import NetworkPolicy
+from hutch.models.ports import PortInfo, PortToken, PortTokenRequest, PortUpdate
 from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
 from hutch.sdk._http import Call, no_content
@@ -160,6 +161,40 @@ def network_policy(
         deny_cidrs=list(deny_cidrs or []),
         allow_public=allow_public,
     )
+
+
+# --- ports ---
+
+
+def port_info(sandbox_id: str, port: int) -> Call[PortInfo]:
+    """GET /v1/sandboxes/{id}/ports/{port}: access setting and URLs."""
+    return Call("GET", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo))
+
+
+def set_port(sandbox_id: str, port: int, public: bool) -> Call[PortInfo]:
+    """PUT /v1/sandboxes/{id}/ports/{port}."""
+    body = PortUpdate(public=public).model_dump()
+    return Call("PUT", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo), json=body)
+
+
+def port_token(sandbox_id: str, port: int, expires_in: int) -> Call[PortToken]:
+    """POST /v1/sandboxes/{id}/ports/{port}/token (validated locally first)."""
+    body = PortTokenRequest(expires_in=expires_in).model_dump()
+    path = sbx_path(sandbox_id, f"/ports/{int(port)}/token")
+    return Call("POST", path, _model(PortToken), json=body)
+
+
+def port_url(info: PortInfo | PortToken, path: str, routing: str) -> str:
+    """The URL of `path` on a port: host-routed (`routing="host"`) or path-routed, with the
+    token of a PortToken as `hutch_token`."""
+    if routing not in ("host", "path"):
+        raise ValueError(f"routing must be 'host' or 'path', not {routing!r}")
+    base = info.url if routing == "host" else info.path_url
+    base = base.split("?", 1)[0]
+    url = base + path.lstrip("/")
+    if isinstance(info, PortToken):
+        url += ("&" if "?" in url else "?") + f"hutch_token={info.token}"
+    return url
 
 
 # --- commands ---

@@ -301,6 +301,24 @@ class IsolationUnavailableError(HutchSDKError):
     default_code = ErrorCode.isolation_unavailable
 
 
+class PortsUnsupportedError(HutchSDKError):
+    """The sandbox's isolation class cannot expose ports."""
+
+    default_code = ErrorCode.ports_unsupported
+
+
+class TokenInvalidError(PermissionDeniedError):
+    """A port access token is forged or made for another sandbox or port."""
+
+    default_code = ErrorCode.token_invalid
+
+
+class TokenExpiredError(AuthenticationError):
+    """A port access token is past its expiry."""
+
+    default_code = ErrorCode.token_expired
+
+
 class ServiceUnavailableError(HutchSDKError):
     """The service cannot take the request right now; trying again later may work."""
 
@@ -327,6 +345,12 @@ class BillingUnavailableError(ServiceUnavailableError):
     """The payment processor did not answer; try again later."""
 
     default_code = ErrorCode.billing_unavailable
+
+
+class PortUnreachableError(ServiceUnavailableError):
+    """Nothing accepts connections on the sandbox port (502)."""
+
+    default_code = ErrorCode.port_unreachable
 
 
 class InternalServerError(HutchSDKError):

@@ -10,7 +10,9 @@ from hutch.models.common import ErrorCode, HutchError
 
 S = Scope
 _VIEWER = frozenset({S.sandboxes_read, S.keys_write, S.projects_read, S.members_read})
-_MEMBER = _VIEWER | {S.sandboxes_write}
+# Reaching a sandbox's ports can drive whatever serves there (a notebook runs code), so it is a
+# member's right like sandboxes:write; a key may hold ports:access alone (a preview key).
+_MEMBER = _VIEWER | {S.sandboxes_write, S.ports_access}
 _ADMIN = _MEMBER | {
     S.keys_admin,
     S.projects_admin,

@@ -32,9 +32,9 @@ from hutch.models.privacy import PrivacyStatus, ProfileUpdate, Purpose
 from hutch.services.accounts import project_wire, user_wire
 from hutch.services.clock import Clock
 from hutch.services.export import ExportRegistry
+from hutch.services.hooks import AdminLogFn, PseudonymiseFn, noop_admin_log, noop_pseudonymise
 from hutch.services.keys import to_wire as key_wire
 from hutch.services.permissions import Principal, forbidden
-from hutch.services.ports import AdminLogFn, PseudonymiseFn, noop_admin_log, noop_pseudonymise
 from hutch.services.sandboxes import ACTIVE, SandboxService
 from hutch.services.sandboxes import to_wire as sandbox_wire
 from hutch.services.secrets.service import SecretService

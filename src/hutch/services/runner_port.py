@@ -45,6 +45,26 @@ class RunnerSocket(Protocol):
         ...
 
 
+class PortStream(Protocol):
+    """A byte tunnel to a TCP port in a sandbox (`RunnerClient.open_port` gives one)."""
+
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` bytes; b"" once the sandbox side has closed."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes; raises ConnectionError once closed."""
+        ...
+
+    def at_eof(self) -> bool:
+        """Whether the tunnel has ended."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the tunnel."""
+        ...
+
+
 class RunnerPort(Protocol):
     """The runner protocol as async calls; problem responses raise `HutchError`."""
 
@@ -140,6 +160,10 @@ class RunnerPort(Protocol):
 
     def websocket(self, path: str) -> AbstractAsyncContextManager[RunnerSocket]:
         """Open a raw WebSocket to `path` on the runner (for 1:1 proxying)."""
+        ...
+
+    async def open_port(self, sandbox_id: str, port: int) -> PortStream:
+        """`WS /v1/sandboxes/{id}/ports/{port}/connect`: a byte tunnel the caller closes."""
         ...
 
     def events(self) -> AsyncIterator[StateEvent | UsageHeartbeat]:

@@ -34,6 +34,7 @@ def test_migrated_schema_matches_the_models(database: Database) -> None:
         "api_usage",
         "api_usage_daily",
         "scheduler_jobs",
+        "sandbox_ports",
         "alembic_version",
     } <= tables
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -334,6 +335,16 @@ class GVisorRuntime(Runtime):
     async def resize(self, plan: SandboxPlan, pid: int, size: PtySize) -> None:
         """TIOCSWINSZ on the PTY, then SIGWINCH to the terminal's session."""
         await process.resize(self._runsc(plan), plan.sandbox_id, self._tracked(plan, pid), size)
+
+    async def connect_port(self, plan: SandboxPlan, port: int) -> socket.socket:
+        """Not offered: gVisor runs the sandbox's network stack inside its own kernel
+        (`--network=none`), so the sandbox's loopback is not a host network namespace a
+        runner thread could join, and this runsc has no port-forward command."""
+        raise HutchError(
+            ErrorCode.ports_unsupported,
+            "the gvisor isolation class cannot expose sandbox ports: its loopback lives inside "
+            "gVisor's own network stack; use the namespace class to serve ports",
+        )
 
     async def stats(self, plan: SandboxPlan) -> SandboxStats:
         """CPU and memory as the host charges them; process count from the sandbox's kernel."""

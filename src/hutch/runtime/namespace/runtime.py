@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from hutch.runtime.namespace.build import ensure_binary
 from hutch.runtime.namespace.cgroups import Cgroups, Limits
 from hutch.runtime.namespace.disk import DiskImages
 from hutch.runtime.namespace.initproto import InitConnection, InitError
+from hutch.runtime.namespace.netns import connect_in_netns
 
 PIDS_LIMIT = 4096
 BASE_ENV = {
@@ -304,6 +306,32 @@ class NamespaceRuntime(Runtime):
                 ErrorCode.sandbox_not_running, f"sandbox {plan.sandbox_id} is not running"
             )
         return Path(f"/proc/{pid}/root")
+
+    def _netns_fd(self, plan: SandboxPlan) -> int:
+        """An fd of the sandbox's network namespace, opened through PID 1 and checked against
+        its start time afterwards, so a reused pid never lends us another namespace."""
+        not_running = HutchError(
+            ErrorCode.sandbox_not_running, f"sandbox {plan.sandbox_id} is not running"
+        )
+        pid = self._init_pid(plan)
+        if pid is None:
+            raise not_running
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise not_running from None
+        if self._init_pid(plan) != pid:
+            os.close(fd)
+            raise not_running
+        return fd
+
+    async def connect_port(self, plan: SandboxPlan, port: int) -> socket.socket:
+        """Connect to `port` on the sandbox's loopback from a thread that joined its netns."""
+        fd = self._netns_fd(plan)
+        try:
+            return await connect_in_netns(fd, port)
+        finally:
+            os.close(fd)
 
     async def stats(self, plan: SandboxPlan) -> SandboxStats:
         """cgroup counters plus the writable layer's file-system use."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from hutch.models.common import DEFAULT_DISK_MB, IsolationClass, SandboxState
 from hutch.models.network import NetworkPolicy
+from hutch.models.ports import TOKEN_TTL_DEFAULT_S, PortInfo
 from hutch.models.sandbox import SandboxStats
 from hutch.sdk import _ops
 from hutch.sdk._http import SyncHttp
@@ -199,6 +200,36 @@ class Sandbox:
     def stats(self) -> SandboxStats:
         """Live CPU, memory, disk and process counts."""
         return self._http.send(_ops.sandbox_stats(self.sandbox_id))
+
+    def get_host(self, port: int) -> str:
+        """The host name serving `port` by host routing, e.g. `8000-sbx-01j….localhost:8787`."""
+        return (self._http.send(_ops.port_info(self.sandbox_id, port))).host
+
+    def get_url(
+        self,
+        port: int,
+        path: str = "/",
+        *,
+        signed: bool = False,
+        expires_in: int = TOKEN_TTL_DEFAULT_S,
+        routing: str = "host",
+    ) -> str:
+        """URL of `path` on `port`. With `signed`, it carries a token that opens this port
+        (only) to anyone holding the URL until `expires_in` seconds from now. `routing="path"`
+        gives the `/v1/sandboxes/{id}/ports/{port}/…` form, which needs no wildcard DNS."""
+        if signed:
+            token = self._http.send(_ops.port_token(self.sandbox_id, port, expires_in))
+            return _ops.port_url(token, path, routing)
+        info = self._http.send(_ops.port_info(self.sandbox_id, port))
+        return _ops.port_url(info, path, routing)
+
+    def get_port(self, port: int) -> PortInfo:
+        """Whether `port` is public, and its host- and path-routed URLs."""
+        return self._http.send(_ops.port_info(self.sandbox_id, port))
+
+    def set_port_public(self, port: int, public: bool = True) -> PortInfo:
+        """Make `port` reachable without a key or token (or private again with False)."""
+        return self._http.send(_ops.set_port(self.sandbox_id, port, public))
 
     def kill(self) -> bool:
         """Kill the sandbox; its file system is gone afterwards. False if it was already gone."""

@@ -19,9 +19,9 @@ from hutch.models.common import ErrorCode, HutchError
 from hutch.models.privacy import RewrapResult, Secret
 from hutch.services.accounts import AccountService
 from hutch.services.clock import Clock
+from hutch.services.hooks import AdminLogFn, noop_admin_log
 from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal
-from hutch.services.ports import AdminLogFn, noop_admin_log
 from hutch.services.secrets.envelope import Sealed, context, open_sealed, seal
 from hutch.services.secrets.kek import KekError, KekProvider
 

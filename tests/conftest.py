@@ -101,11 +101,21 @@ def _shared_database(database_url: str):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def database(_shared_database):  # type: ignore[no-untyped-def]
     """A `hutch.db.session.Database` on the session's database, emptied before the test."""
-    from sqlalchemy import delete
+    from sqlalchemy import delete, func, select
 
     from hutch.db.base import Base
 
+    # Fresh connections: a pooled SQLite connection can hold a snapshot from before another
+    # process (a `hutch serve` of the previous test) wrote, and its DELETE would miss those rows.
+    _shared_database.engine.dispose()
     with _shared_database.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(delete(table))
+    with _shared_database.engine.connect() as conn:
+        left = [
+            t.name
+            for t in Base.metadata.sorted_tables
+            if conn.execute(select(func.count()).select_from(t)).scalar()
+        ]
+    assert not left, f"tables not emptied: {left}"
     return _shared_database

@@ -40,6 +40,13 @@ class Handler(BaseHTTPRequestHandler):
             body = {"path": self.path, "method": self.command,
                     "headers": [[k, v] for k, v in self.headers.items()]}
             return self._send(200, json.dumps(body).encode(), "application/json")
+        if url.path == "/claims":  # an app trying to claim the origin it is served on
+            self.send_response(200)
+            self.send_header("Service-Worker-Allowed", "/")
+            self.send_header("Set-Cookie", "app=1; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if url.path == "/bytes":
             n = int(parse_qs(url.query).get("n", ["0"])[0])
             self.send_response(200)

@@ -76,6 +76,10 @@ WS_HANDSHAKE = frozenset(
 CHUNK = 64 * 1024
 WS_MAX_MESSAGE = 16 * 1024 * 1024
 
+# Response headers an app on a path route may not send, and the sandbox it runs in instead.
+PATH_ROUTED_DROP = frozenset({"service-worker-allowed", "set-cookie", "content-security-policy"})
+PATH_ROUTED_CSP = b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -259,7 +263,14 @@ class PortProxy:
         async def start(status: int, upstream: list[tuple[bytes, bytes]]) -> None:
             # The API server adds its own Date and framing; two would confuse clients.
             drop = HOP_BY_HOP | {"date"}
+            if target.prefix:
+                # Path routing serves the app on the API's own origin: it must not claim that
+                # origin (a service worker scoped to "/", cookies for every path), so the page
+                # runs as an opaque origin. Browser apps belong on host routing.
+                drop = drop | PATH_ROUTED_DROP
             kept = [(k, v) for k, v in upstream if k.decode("latin-1").lower() not in drop]
+            if target.prefix:
+                kept.append((b"content-security-policy", PATH_ROUTED_CSP))
             if cookie is not None:
                 kept.append((b"set-cookie", cookie))
             await send({"type": "http.response.start", "status": status, "headers": kept})

@@ -29,6 +29,7 @@ from hutch.services.clock import Clock
 from hutch.services.keys import KeyService
 from hutch.services.permissions import Principal, forbidden
 from hutch.services.sandboxes import SandboxService, sandbox_not_found
+from hutch.services.suspensions import refuse_if_suspended, sandbox_suspension
 
 TOKEN_VERSION = "v1"
 _TOKEN_RE = re.compile(r"^v1\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
@@ -166,6 +167,7 @@ class PortService:
     def set_public(self, actor: Principal, sandbox_id: str, port: int, public: bool) -> bool:
         """Make a port public or private again (persisted; applies to the next request)."""
         actor.require(Scope.sandboxes_write)
+        refuse_if_suspended(actor.suspended)
         self._own_row(actor, sandbox_id)
         with self.db.session() as s:
             row = s.get(SandboxPortRow, (sandbox_id, port), with_for_update=True)
@@ -184,6 +186,7 @@ class PortService:
     ) -> tuple[str, datetime]:
         """A signed token for a port of one of the caller's sandboxes."""
         port_access(actor)
+        refuse_if_suspended(actor.suspended)
         self._own_row(actor, sandbox_id)
         return self.tokens.mint(sandbox_id, port, ttl_s)
 
@@ -203,6 +206,7 @@ class PortService:
                 actor = self.keys.authenticate(s, key)
             port_access(actor)
             self._own_row(actor, sandbox_id)
+            refuse_if_suspended(actor.suspended)
             access = Access("key", key_id=actor.key_id)
         elif tokens:
             first: HutchError | None = None
@@ -231,6 +235,8 @@ class PortService:
             row = s.get(SandboxRow, sandbox_id)
             if row is None:
                 raise sandbox_not_found(sandbox_id)
+            # A suspended account's sandbox serves nobody: not its public ports, not its tokens.
+            refuse_if_suspended(sandbox_suspension(s, sandbox_id))
             if row.state != SandboxState.running.value:
                 raise HutchError(
                     ErrorCode.sandbox_not_running,

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from hutch.db.audit import SuspensionRow
 from hutch.db.models import ApiKeyRow, MemberRow, ProjectRow, SandboxRow, TeamRow, UserRow
+from hutch.db.privacy import SandboxOwnerRow
 from hutch.models.api import Scope
 from hutch.models.audit import SubjectType, SuspendRequest, Suspension, SuspensionState
 from hutch.models.common import ErrorCode, HutchError
@@ -44,6 +45,31 @@ def suspension_of(session: Session, actor: Principal) -> str | None:
         return None
     whose = "this account" if row.subject_type == SubjectType.user.value else "this team"
     return f"{whose} is {row.state} by an administrator: no new sandboxes or commands"
+
+
+def sandbox_suspension(session: Session, sandbox_id: str) -> str | None:
+    """Why a sandbox's team, or the user who created it, may not serve anything, or None."""
+    team_id = session.scalar(
+        select(ProjectRow.team_id)
+        .join(SandboxRow, SandboxRow.project_id == ProjectRow.id)
+        .where(SandboxRow.id == sandbox_id)
+    )
+    owner = session.scalar(
+        select(SandboxOwnerRow.user_id).where(SandboxOwnerRow.sandbox_id == sandbox_id)
+    )
+    row = session.scalars(
+        select(SuspensionRow).where(
+            or_(
+                (SuspensionRow.subject_type == SubjectType.team.value)
+                & (SuspensionRow.subject_id == (team_id or "")),
+                (SuspensionRow.subject_type == SubjectType.user.value)
+                & (SuspensionRow.subject_id == (owner or "")),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return f"the owner of this sandbox is {row.state} by an administrator"
 
 
 def refuse_if_suspended(message: str | None) -> None:

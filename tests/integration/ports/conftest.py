@@ -23,11 +23,11 @@ def hutch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[srv.Server]:
     """`hutch serve` on a free loopback port (SQLite in its own data dir)."""
     if os.geteuid() != 0:
         pytest.skip("the runner needs root (namespaces, cgroups)")
-    server, proc = srv.start(tmp_path_factory.mktemp("hutch-ports"))
+    server = srv.start_server(tmp_path_factory.mktemp("hutch-ports") / "data")
     try:
         yield server
     finally:
-        srv.stop(proc)
+        server.stop()
 
 
 @dataclass

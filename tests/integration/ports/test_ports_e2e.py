@@ -101,6 +101,19 @@ def test_http_through_the_path_and_host_routes(served: Served, hutch: srv.Server
     assert r.text == "hello from the sandbox /v1/me"
 
 
+def test_path_routed_apps_cannot_claim_the_api_origin(served: Served, hutch: srv.Server) -> None:
+    """On the path route the app shares the API's origin: it may not widen a service worker's
+    scope to it or set cookies for it, and its pages run sandboxed (an opaque origin)."""
+    r = served.api.get(served.path + "/claims")
+    assert r.status_code == 200
+    assert "service-worker-allowed" not in r.headers and "set-cookie" not in r.headers
+    assert r.headers["content-security-policy"].startswith("sandbox ")
+    assert "allow-same-origin" not in r.headers["content-security-policy"]
+    # On its own host it is its own origin, and keeps its headers.
+    r = host_get(hutch, served.host, "/claims", headers=served.api.headers)
+    assert r.headers["service-worker-allowed"] == "/" and r.headers["set-cookie"] == "app=1; Path=/"
+
+
 def test_bodies_stream_both_ways(served: Served, hutch: srv.Server, tmp_path: Path) -> None:
     body = os.urandom(8 << 20)
 

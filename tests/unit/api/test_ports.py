@@ -186,3 +186,25 @@ def test_access_decision(svc: Services, world: World) -> None:
     assert _code(lambda: ports.authorize("sbx_\x00", 8000, member.key, [])) is (
         ErrorCode.sandbox_not_found
     )
+
+
+def test_a_suspended_team_serves_nothing(svc: Services, world: World) -> None:
+    """Suspension stops a team's ports too: keys, tokens, public ports, new tokens and opt-ins."""
+    from hutch.models.audit import SubjectType, SuspendRequest
+
+    ports = svc.ports
+    sid = _sandbox(svc, world.project_id)
+    member = world.users["member"]
+    token, _ = ports.mint(_actor(svc, member), sid, 8000, 600)
+    ports.set_public(_actor(svc, member), sid, 8001, True)
+    with svc.db.session() as s:
+        root = svc.keys.authenticate(s, world.users["root"].key)
+        svc.suspensions.suspend(
+            s, root, SubjectType.team, world.team_id, SuspendRequest(reason="x")
+        )
+    suspended = ErrorCode.account_suspended
+    assert _code(lambda: ports.authorize(sid, 8000, member.key, [])) is suspended
+    assert _code(lambda: ports.authorize(sid, 8000, None, [token])) is suspended
+    assert _code(lambda: ports.authorize(sid, 8001, None, [])) is suspended
+    assert _code(lambda: ports.mint(_actor(svc, member), sid, 8000, 60)) is suspended
+    assert _code(lambda: ports.set_public(_actor(svc, member), sid, 8002, True)) is suspended

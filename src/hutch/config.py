@@ -29,6 +29,11 @@ class RunnerSettings(BaseSettings):
         description="Private IPv4 range for sandbox links (a /30 per sandbox); "
         "must not overlap anything the host routes",
     )
+    network_forbidden: list[str] = Field(
+        default=["169.254.0.0/16", "100.100.100.200/32"],
+        description="IPv4 ranges no sandbox may reach whatever its policy allows (cloud "
+        "metadata services by default); the sandbox pool is always among them",
+    )
     network_proxy_port: int = Field(default=15001, ge=1, le=65535)
     network_dns: str | None = Field(
         default=None,

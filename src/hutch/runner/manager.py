@@ -116,6 +116,7 @@ class SandboxManager:
             settings.network_pool,
             settings.network_proxy_port,
             settings.network_dns,
+            tuple(settings.network_forbidden),
         )
 
     # ------------------------------------------------------------------ life of the runner

@@ -63,8 +63,16 @@ class LiveSandbox:
 class Egress:
     """All sandbox links of one runner (tagged so two runners on a host never collide)."""
 
-    def __init__(self, tag: str, pool: str, proxy_port: int, dns_upstream: str | None) -> None:
+    def __init__(
+        self,
+        tag: str,
+        pool: str,
+        proxy_port: int,
+        dns_upstream: str | None,
+        forbidden: tuple[str, ...] = (),
+    ) -> None:
         self.pool = ipaddress.IPv4Network(pool)
+        self.forbidden = tuple(ipaddress.IPv4Network(n) for n in forbidden)
         self.table = Table(tag, pool, proxy_port)
         self.prefix = self.table.prefix
         self.proxy_port = proxy_port
@@ -78,7 +86,7 @@ class Egress:
         return veth.link_for(self.prefix, self.pool, slot)
 
     async def _compile(self, policy: NetworkPolicy) -> CompiledPolicy:
-        return CompiledPolicy(policy, await veth.host_addresses(), self.pool)
+        return CompiledPolicy(policy, await veth.host_addresses(), self.pool, self.forbidden)
 
     def _listeners(self, sandbox_id: str, link: Link, cp: CompiledPolicy) -> Attached:
         holder: list[Attached] = []

@@ -146,6 +146,10 @@ table inet {t} {{
         # change also cuts existing connections: their next packet gets a TCP reset.
         fwd = f"fwd_{n}"
         rule(fwd, f"ip daddr {LOOPBACK} drop")
+        # Before any allow rule: an accept ends the chain, so these must come first.
+        never = _set([str(n) for n in cp.never])
+        rule(fwd, f"ip daddr {never} meta l4proto tcp reject with tcp reset")
+        rule(fwd, f"ip daddr {never} reject with icmpx type admin-prohibited")
         if cp.deny:
             deny = _set([str(d) for d in cp.deny])
             rule(fwd, f"ip daddr {deny} meta l4proto tcp reject with tcp reset")

@@ -43,6 +43,7 @@ class CompiledPolicy:
     policy: NetworkPolicy
     host_addresses: frozenset[IPv4] = frozenset()
     pool: Net = field(default_factory=lambda: Net("10.200.0.0/16"))
+    forbidden: tuple[Net, ...] = ()  # the operator's: never reachable, whatever is allowed
     allow: list[Net] = field(init=False)
     deny: list[Net] = field(init=False)
 
@@ -57,11 +58,18 @@ class CompiledPolicy:
             [*NON_PUBLIC, LOOPBACK, self.pool, *(Net(f"{a}/32") for a in self.host_addresses)]
         )
 
+    @property
+    def never(self) -> list[Net]:
+        """Beyond any allow rule: the operator's forbidden ranges and the whole sandbox pool
+        (other sandboxes, every link's host side)."""
+        return collapse([*self.forbidden, self.pool])
+
     def _is_host(self, ip: IPv4) -> bool:
-        # The gateway side of every sandbox link is a host address too.
+        # The host, and what no policy may open (the pool holds other sandboxes and every
+        # link's gateway; the operator forbids e.g. cloud metadata services).
         if ip in LOOPBACK or ip in self.host_addresses:
             return True
-        return ip in self.pool and (int(ip) - int(self.pool.network_address)) % 4 != 2
+        return any(ip in n for n in self.never)
 
     def ip_allowed(self, ip: IPv4) -> bool:
         """Whether the sandbox may open a connection to `ip` by address alone."""

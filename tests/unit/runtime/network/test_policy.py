@@ -82,7 +82,7 @@ def test_ip_decisions() -> None:
         assert not pub.ip_allowed(IP(blocked)), blocked
     explicit = _cp(allow_public=True, allow_cidrs=["10.0.0.0/8"])
     assert explicit.ip_allowed(IP("10.1.1.1"))
-    assert explicit.ip_allowed(IP("10.200.0.6"))  # another sandbox, explicitly allowed
+    assert not explicit.ip_allowed(IP("10.200.0.6"))  # another sandbox: never, even if allowed
     assert not explicit.ip_allowed(IP("10.200.0.5"))  # a gateway: the host itself, never
     assert not explicit.ip_allowed(IP("192.0.2.2"))
 
@@ -102,3 +102,20 @@ def test_proxy_decisions() -> None:
     assert cp.resolvable("ok.test") and not cp.resolvable("bad.wild.test")
     assert not cp.resolvable("other.test")
     assert _cp(allow_public=True).resolvable("anything.example")
+
+
+def test_forbidden_ranges_and_the_pool_beat_any_allow_rule() -> None:
+    """A tenant cannot open the cloud metadata service, or another sandbox, by allowing it."""
+    ip = ipaddress.IPv4Address
+    cp = CompiledPolicy(
+        NetworkPolicy(allow_cidrs=["169.254.0.0/16", "10.0.0.0/8"], allow_domains=["a.example"]),
+        frozenset(),
+        ipaddress.IPv4Network("10.200.0.0/16"),
+        (ipaddress.IPv4Network("169.254.0.0/16"),),
+    )
+    assert cp.ip_allowed(ip("10.1.2.3"))  # the allow rule itself still works
+    for target in ("169.254.169.254", "10.200.0.6", "10.200.3.1"):
+        assert not cp.ip_allowed(ip(target)), target
+        assert not cp.answer_allowed(ip(target)), target
+        assert not cp.proxy_allowed("a.example", ip(target), frozenset({ip(target)})), target
+    assert ipaddress.IPv4Network("10.200.0.0/16") in cp.never

@@ -140,12 +140,7 @@ Actor = Annotated[Principal, Depends(principal)]
 Svc = Annotated[Services, Depends(services)]
 
 
-def source_ip(conn: HTTPConnection) -> str | None:
-    """The caller's address, for the admin log."""
-    return conn.client.host if conn.client else None
-
-
-SourceIP = Annotated[str | None, Depends(source_ip)]
+SourceIP = Annotated[str | None, Depends(client_ip)]
 
 
 @dataclass(frozen=True)

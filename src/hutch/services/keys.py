@@ -150,6 +150,7 @@ class KeyService:
                 ProjectRow.audit_exec,
                 MemberRow.role,
                 UserPrivacyRow.erased_at,
+                UserPrivacyRow.objections,
             )
             .join(UserRow, UserRow.id == ApiKeyRow.user_id)
             .join(ProjectRow, ProjectRow.id == ApiKeyRow.project_id)
@@ -159,7 +160,7 @@ class KeyService:
         ).one_or_none()
         if row is None:
             raise _unauthenticated("the API key is not valid")
-        k, is_admin, disabled_at, team_id, audit_exec, role, erased_at = row
+        k, is_admin, disabled_at, team_id, audit_exec, role, erased_at, objections = row
         now = self.clock.now()
         if erased_at is not None:
             raise _unauthenticated_as(
@@ -199,7 +200,8 @@ class KeyService:
             role=Role(role) if role else None,
             scopes=frozenset(_known_scopes(k.scopes)),
             key_expires_at=k.expires_at,
-            audit_exec=bool(audit_exec),
+            # The exec trail is optional processing: a user who objected is not recorded.
+            audit_exec=bool(audit_exec) and "exec_audit" not in (objections or ()),
         )
         return replace(actor, suspended=suspension_of(session, actor))
 

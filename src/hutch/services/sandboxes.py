@@ -397,11 +397,6 @@ class SandboxService:
         log.info("sandbox_stopped_by_server", sandbox_id=sandbox_id, reason=reason)
         return True
 
-    async def kill_by_admin(self, sandbox_id: str, reason: str) -> bool:
-        """Stop a sandbox on an administrator's decision (no tenancy check: the caller did it);
-        True if it was alive."""
-        return await self.stop(sandbox_id, reason)
-
     async def set_timeout(self, actor: Principal, sandbox_id: str, req: SetTimeout) -> Sandbox:
         """Set a running sandbox's remaining lifetime."""
         await to_thread.run_sync(self.running, actor, sandbox_id, Scope.sandboxes_write)

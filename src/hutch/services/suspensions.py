@@ -203,5 +203,5 @@ class SuspensionService:
         """Kill a terminated account's sandboxes; how many were alive."""
         killed = 0
         for sandbox_id in sandbox_ids:
-            killed += await self.sandboxes.kill_by_admin(sandbox_id, "terminated")
+            killed += await self.sandboxes.stop(sandbox_id, "terminated")
         return killed

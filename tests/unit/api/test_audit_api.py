@@ -272,3 +272,28 @@ def test_the_apps_scheduler_runs_every_retention_job(
     v = client.get("/v1/audit/admin-log/verify", headers=world.root.h).json()
     assert v["ok"] is True and v["first_seq"] == 2, v
     assert anyio.run(svc.scheduler.run_due) == []  # nothing is due again at the same time
+
+
+def test_an_objection_to_the_exec_trail_is_honoured(
+    client: Client, svc: Services, world: World
+) -> None:
+    """The exec trail is optional processing: once a user objects, their commands are not kept."""
+    from hutch.db.audit import ExecAuditRow
+
+    def kept() -> int:
+        with svc.db.session() as s:
+            return len(s.scalars(select(ExecAuditRow)).all())
+
+    sbx = _running_sandbox(svc, world.project_id)
+    r = client.patch(
+        f"/v1/projects/{world.project_id}", headers=world.owner.h, json={"audit_exec": True}
+    )
+    assert r.status_code == 200
+    client.post(f"/v1/sandboxes/{sbx}/exec", headers=world.member.h, json={"cmd": ["true"]})
+    assert kept() == 1
+    r = client.put("/v1/me/objections", headers=world.member.h, json={"purposes": ["exec_audit"]})
+    assert r.status_code in (200, 204), r.text
+    client.post(f"/v1/sandboxes/{sbx}/exec", headers=world.member.h, json={"cmd": ["true"]})
+    assert kept() == 1, "nothing recorded for the user who objected"
+    client.post(f"/v1/sandboxes/{sbx}/exec", headers=world.owner.h, json={"cmd": ["true"]})
+    assert kept() == 2, "others in the project are still recorded"

@@ -104,6 +104,14 @@ def grant_credit(body: CreditGrantCreate, actor: Actor, db: DB, svc: Svc) -> Cre
         expires_at=body.expires_at,
         created_by=actor.user_id,
     )
+    svc.admin_log.record_for(
+        db,
+        actor,
+        "credit.grant",
+        "team",
+        body.team_id,
+        {"amount": str(body.amount), "kind": body.kind, "grant_id": row.id},
+    )
     db.commit()
     now = svc.clock.now()
     return CreditGrant(

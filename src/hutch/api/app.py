@@ -38,6 +38,7 @@ from hutch.api.routers import (
 )
 from hutch.api.settings import ApiSettings
 from hutch.db.session import Database
+from hutch.services import export_collectors
 from hutch.services.accounts import AccountService
 from hutch.services.audit import AdminLog, load_signing_key
 from hutch.services.authcache import PrincipalCache
@@ -116,6 +117,7 @@ def build_services(
         pseudonymise_user=billing.pseudonymise_user,
         grace=timedelta(days=settings.erasure_grace_days),
     )
+    export_collectors.register(privacy_svc.exports)  # usage, invoices, credit, admin-log entries
     sandboxes_svc.secret_resolver = secrets_svc.env_for
     sandboxes_svc.create_guards.append(privacy_svc.guard_create)
 

@@ -83,7 +83,7 @@ def start_tls(database: Database, tmp: Path, ca: Path, *args: str) -> Server:
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, f"https://127.0.0.1:{port}", tmp / "data", log)
+    server = Server(f"https://127.0.0.1:{port}", "", tmp / "data", proc, log)
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hutch.api.deps import Services
+from hutch.api.routers.ports import PROXY_METHODS
 from hutch.db.audit import SuspensionRow
 from hutch.models.api import Mode, Role
 from hutch.services.permissions import role_scopes
@@ -104,6 +105,11 @@ CASES = [
     Case("GET", "/v1/templates/base", "viewer", 200, other=200),
     Case("GET", SBX, "viewer", 200),
     Case("GET", SBX + "/network", "viewer", 200),
+    Case("GET", SBX + "/ports/8000", "viewer", 200),
+    Case("PUT", SBX + "/ports/8000", "member", 200, body=lambda p: {"public": False}),
+    Case("POST", SBX + "/ports/8000/token", "member", 201, body=lambda p: {"expires_in": 60}),
+    # The proxy itself: past the access check, nothing listens on the port (502).
+    *(Case(m, SBX + "/ports/8000/x", "member", 502) for m in PROXY_METHODS if m != "HEAD"),
     Case("PUT", SBX + "/network", "member", 200, body=lambda p: {"allow_cidrs": ["198.18.0.0/24"]}),
     Case("DELETE", SBX, "member", 204, fresh=("sbx",)),
     Case("POST", SBX + "/timeout", "member", 200, body=lambda p: {"timeout_s": 600}),
@@ -355,8 +361,10 @@ def test_route_permissions(case: Case, client: Client, svc: Services, world: Wor
             assert r.headers["content-type"] == "application/problem+json", r.text
             codes[who] = r.json()["code"]
     assert got == want, f"{case.id}: {codes}"
+    allowed = {403: ("forbidden",), 404: ("not_found", "sandbox_not_found")}
+    allowed[502] = ("port_unreachable",)
     for who, code in codes.items():
-        assert code in {403: ("forbidden",), 404: ("not_found", "sandbox_not_found")}[got[who]]
+        assert code in allowed[got[who]], (who, code)
 
 
 def test_every_route_is_in_the_matrix(app: Any) -> None:
@@ -369,6 +377,8 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
         ("POST", "/v1/billing/webhooks/stripe"),  # authenticated by its signature
+        # Answers carry no body to check; the same handler as GET, which the matrix covers.
+        ("HEAD", "/v1/sandboxes/{sandbox_id}/ports/{port}/{path}"),
     }
     covered = {
         (
@@ -384,6 +394,8 @@ def test_every_route_is_in_the_matrix(app: Any) -> None:
             .replace("{their_key}", "{key_id}")
             .replace("/upcoming", "/{invoice_id}")
             .replace("/v1/templates/base", "/v1/templates/{name}")
+            .replace("/ports/8000/x", "/ports/{port}/{path}")
+            .replace("/ports/8000", "/ports/{port}")
             .replace("{victim}", "{subject_id}")
             .replace("{suspended}", "{subject_id}"),
         )

@@ -102,6 +102,10 @@ def test_export_holds_everything_listed(client: Client, world: World, rec: Recor
         "api_keys",
         "sandboxes",
         "secrets",
+        "usage",
+        "invoices",
+        "credits",
+        "audit_entries",
     }
     assert files["manifest"]["user_id"] == world.member.user_id
     assert files["profile"]["user_id"] == world.member.user_id
@@ -113,6 +117,9 @@ def test_export_holds_everything_listed(client: Client, world: World, rec: Recor
     assert [s["sandbox_id"] for s in files["sandboxes"]] == [sbx.json()["sandbox_id"]]
     assert files["sandboxes"][0]["metadata"] == {"k": "v"}
     assert [s["name"] for s in files["secrets"]] == ["TOKEN"]
+    # Billing is the team's: a member (who may not read it) gets none of it in an export.
+    assert files["usage"] == files["invoices"] == files["credits"] == []
+    assert isinstance(files["audit_entries"], list)
     assert b"hidden-value" not in r.content and world.member.key[8:-6] not in r.text
     # An administrator may export anyone's; nobody else may.
     r = client.get(f"/v1/users/{world.member.user_id}/export", headers=world.root.h)
@@ -294,3 +301,24 @@ def test_an_administrator_erases_another_account(
     assert rec.entries[-1]["actor_user_id"] == world.root.user_id
     r = client.delete("/v1/users/usr_nobody", headers=world.root.h, params={"confirm": "x@y.z"})
     assert r.status_code == 404
+
+
+def test_export_holds_the_teams_billing_for_admins_and_the_log_about_the_user(
+    client: Client, svc: Services, world: World
+) -> None:
+    with svc.db.session() as s:
+        svc.billing.credits.ensure_account(s, world.team_id)  # the $50 welcome grant
+        svc.admin_log.record(
+            s,
+            actor_user_id=world.root.user_id,
+            action="account.suspend",
+            target_type="user",
+            target_id=world.owner.user_id,
+            source_ip=None,
+        )
+        s.commit()
+    files = unzip(client.get("/v1/me/export", headers=world.owner.h).content)
+    assert [g["amount_micros"] for g in files["credits"]] == [50_000_000]
+    assert [e["action"] for e in files["audit_entries"]] == ["account.suspend"]
+    other = unzip(client.get("/v1/me/export", headers=world.other.h).content)
+    assert other["credits"] == [] and other["audit_entries"] == []

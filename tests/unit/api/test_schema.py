@@ -63,7 +63,8 @@ def _fuzz(
             # 503 (runner unavailable) and 502 (nothing listens on a proxied port) are
             # documented answers, not server errors.
             unreachable = response.status_code == 502 and (
-                response.json().get("code") == "port_unreachable"
+                case.method.upper() == "HEAD"  # no body to read; GET carries the same answer
+                or response.json().get("code") == "port_unreachable"
             )
             if response.status_code >= 500 and response.status_code != 503 and not unreachable:
                 failures.append(

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc libc6-dev libseccomp-dev pkg-config debootstrap e2fsprogs util-linux bubblewrap
-              iproute2 nftables runsc python3-venv ca-certificates)
+              iproute2 nftables runsc python3-venv ca-certificates curl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

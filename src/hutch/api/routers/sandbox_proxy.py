@@ -107,8 +107,10 @@ async def exec_command(
     try:
         result = await runner.exec(sandbox_id, body)
     except HutchError:
-        if audited:  # it did not run (e.g. no such program): recorded without an exit code
-            await _audit_exec(svc, actor, sandbox_id, body, "exec", started_at=started)
+        if audited:  # refused or failed (e.g. no such program): recorded without an exit code
+            await _audit_exec(
+                svc, actor, sandbox_id, body, "exec", started_at=started, ended_at=svc.clock.now()
+            )
         raise
     if audited:
         if isinstance(result, ExecResult):

@@ -21,7 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hutch.db.session import Database
+from hutch.ids import new_id
+from hutch.models.api import Mode, Scope
 from hutch.sdk.client import Hutch
+from hutch.services.accounts import AccountService
+from hutch.services.clock import SystemClock
+from hutch.services.keys import KeyService, load_pepper
 from tests.integration.api.conftest import Server, free_port
 
 
@@ -129,8 +134,31 @@ def handshake(url: str, ca: Path, max_version: ssl.TLSVersion) -> str:
         return str(tls.version())
 
 
+def make_key(database: Database, data_dir: Path) -> str:
+    """An admin's API key made with the server's pepper (independent of first-start bootstrap)."""
+    clock = SystemClock()
+    keys = KeyService(load_pepper(data_dir), clock)
+    with database.session() as s:
+        user_id, project_id = AccountService(clock).bootstrap_owner(
+            s, email=f"{new_id('usr')}@example.test", name="tls"
+        )
+        _, raw = keys.issue(
+            s,
+            user_id=user_id,
+            project_id=project_id,
+            name="tls",
+            mode=Mode.live,
+            scopes=frozenset(Scope),
+        )
+        s.commit()
+    return raw
+
+
 def test_tls13_only_refuses_tls12_and_the_sdk_works_with_a_ca_file(
-    tls13_server: Server, pki: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+    tls13_server: Server,
+    pki: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    database: Database,
 ) -> None:
     ca = pki[0]
     assert handshake(tls13_server.url, ca, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
@@ -142,7 +170,7 @@ def test_tls13_only_refuses_tls12_and_the_sdk_works_with_a_ca_file(
     with pytest.raises(httpx.HTTPError):
         httpx.get(tls13_server.url.replace("https", "http") + "/healthz", timeout=5)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
-    key = (tls13_server.data_dir / "admin-key").read_text().strip()
+    key = make_key(database, tls13_server.data_dir)
     with Hutch(api_url=tls13_server.url, api_key=key) as h:
         assert h.me()["user"]["is_admin"] is True
     assert "https://127.0.0.1" in tls13_server.output()

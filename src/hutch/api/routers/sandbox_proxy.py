@@ -14,35 +14,28 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter
 
 from hutch.api.deps import (
     EXEC_BODY_MAX,
     Actor,
-    Services,
     Svc,
     key_prefix,
     presented_key,
     resolve_key,
 )
 from hutch.api.errors import PROBLEM_RESPONSES
+from hutch.api.stream_audit import StreamAudit
 from hutch.models.api import Scope
 from hutch.models.common import ErrorCode, ExecUser, HutchError
 from hutch.models.exec import (
-    ClientFrame,
     ErrorFrame,
     ExecRequest,
     ExecResult,
-    ExitFrame,
     ProcessInfo,
-    ServerFrame,
     SignalRequest,
-    StartedFrame,
-    StartFrame,
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
-from hutch.services.permissions import Principal
 from hutch.services.runner_port import RunnerPort, RunnerSocket
 from hutch.services.suspensions import refuse_if_suspended
 
@@ -112,8 +105,10 @@ async def exec_command(
     try:
         result = await runner.exec(sandbox_id, body)
     except HutchError:
-        if audited:  # it did not run (e.g. no such program): recorded without an exit code
-            await _audit_exec(svc, actor, sandbox_id, body, "exec", started_at=started)
+        if audited:  # refused or failed (e.g. no such program): recorded without an exit code
+            await _audit_exec(
+                svc, actor, sandbox_id, body, "exec", started_at=started, ended_at=svc.clock.now()
+            )
         raise
     if audited:
         if isinstance(result, ExecResult):
@@ -298,69 +293,6 @@ async def _refuse(ws: WebSocket, err: HutchError) -> None:
     await ws.accept()
     await ws.send_text(ErrorFrame(code=err.code.value, detail=err.detail).model_dump_json())
     await ws.close(code=WS_REFUSED_BASE + err.status % 1000)
-
-
-class StreamAudit:
-    """Reads the control frames of one audited exec stream: argv[0] from the start frame, the
-    pid and exit code from the runner's frames. Output and input frames are not looked at."""
-
-    def __init__(self, svc: Services, actor: Principal, sandbox_id: str) -> None:
-        self.svc = svc
-        self.project_id = actor.project_id
-        self.mode = actor.mode.value
-        self.sandbox_id = sandbox_id
-        self.record_id: str | None = None
-        self.done = False
-
-    async def client_text(self, text: str) -> None:
-        if self.record_id is not None or self.done:
-            return
-        try:
-            frame = _CLIENT_FRAME.validate_json(text)
-        except ValueError:
-            return  # the runner answers bad frames itself
-        if isinstance(frame, StartFrame):
-            argv0 = frame.request.argv()[0]
-            self.record_id = await run_in_threadpool(
-                lambda: self.svc.exec_audit.start(
-                    project_id=self.project_id,
-                    mode=self.mode,
-                    sandbox_id=self.sandbox_id,
-                    argv0=argv0,
-                    kind="stream",
-                )
-            )
-        else:
-            self.done = True  # attach: the command was recorded when it started
-
-    async def runner_text(self, text: str) -> None:
-        if self.record_id is None or self.done:
-            return
-        try:
-            frame = _SERVER_FRAME.validate_json(text)
-        except ValueError:
-            return
-        record_id = self.record_id
-        if isinstance(frame, StartedFrame):
-            await run_in_threadpool(self.svc.exec_audit.set_pid, record_id, frame.pid)
-        elif isinstance(frame, ExitFrame | ErrorFrame):
-            self.done = True
-            code = frame.exit_code if isinstance(frame, ExitFrame) else None
-            await run_in_threadpool(
-                lambda: self.svc.exec_audit.finish(record_id=record_id, exit_code=code)
-            )
-
-    async def close(self) -> None:
-        if self.record_id is not None and not self.done:
-            self.done = True
-            record_id = self.record_id
-            await run_in_threadpool(
-                lambda: self.svc.exec_audit.finish(record_id=record_id, exit_code=None)
-            )
-
-
-_CLIENT_FRAME: TypeAdapter[Any] = TypeAdapter(ClientFrame)
-_SERVER_FRAME: TypeAdapter[Any] = TypeAdapter(ServerFrame)
 
 
 async def _pump_client(ws: WebSocket, upstream: RunnerSocket, audit: StreamAudit | None) -> None:

@@ -91,6 +91,10 @@ def test_balance_crossing_zero_refuses_new_and_stops_running_after_grace(
 def test_new_credit_lifts_the_block(
     client: Client, svc: Services, world: World, clock: FakeClock
 ) -> None:
+    # Usage is recorded per UTC day and drawn from credit by the hour: the three hours below must
+    # not cross midnight, or the grant would also cover the new day's first hour (it is effective
+    # within it). Moving the clock back keeps the runner's real start time after `start`.
+    clock.set(clock.now().replace(hour=min(clock.now().hour, 20)))
     start = clock.now()
     sb = create(client, world.owner.h)
     clock.advance(3 * 3600)

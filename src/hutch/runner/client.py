@@ -38,6 +38,7 @@ from hutch.models import (
     WriteInfo,
 )
 from hutch.models.files import Exists
+from hutch.runner.uds_http import Answer, RunnerTransportError, UnixHTTP
 
 BASE = "http://runner"
 TUNNEL_FRAME_MAX = 1 << 20
@@ -83,7 +84,7 @@ class PortTunnel:
 _events: TypeAdapter[StateEvent | UsageHeartbeat] = TypeAdapter(RunnerEvent)
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def _raise_for(resp: httpx.Response | Answer) -> None:
     if resp.status_code < 400:
         return
     try:
@@ -101,6 +102,9 @@ class RunnerClient:
 
     def __init__(self, socket_path: str | Path, timeout: float = 120.0) -> None:
         self.socket_path = str(socket_path)
+        # Short JSON calls (exec, create, kill, ...) go over a lean keep-alive client; streamed
+        # file bodies over httpx.
+        self._calls = UnixHTTP(self.socket_path, timeout)
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=self.socket_path),
             base_url=BASE,
@@ -115,12 +119,25 @@ class RunnerClient:
 
     async def aclose(self) -> None:
         """Close connections."""
+        await self._calls.aclose()
         await self._http.aclose()
 
-    async def _req(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _req(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+    ) -> httpx.Response | Answer:
+        resp: httpx.Response | Answer
         try:
-            resp = await self._http.request(method, path, **kw)
-        except httpx.TransportError as e:
+            if content is not None:
+                resp = await self._http.request(method, path, params=params, content=content)
+            else:
+                resp = await self._calls.request(method, path, params=params, json_body=json)
+        except (httpx.TransportError, RunnerTransportError) as e:
             raise HutchError(
                 ErrorCode.runner_unavailable,
                 f"the runner at {self.socket_path} is unreachable: {e}",

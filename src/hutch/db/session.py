@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +38,85 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# Statements after which pysqlite has opened a write transaction (it issues BEGIN right before
+# them, once past leading comments; a plain SELECT runs outside any transaction).
+_SQLITE_WRITE = re.compile(
+    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:INSERT|UPDATE|DELETE|REPLACE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_WRITE_LOCK_TIMEOUT_S = 10.0
+
+
+class SQLiteWriteLock:
+    """One writer at a time inside this process, queued on a lock.
+
+    SQLite allows one writer per database. Without this, concurrent writers in one process
+    find the database locked and poll with SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms
+    between tries: a few concurrent creates then wait tens of milliseconds for a lock that was
+    free long before. Here a writer takes a lock when its transaction writes for the first
+    time and gives it back once SQLite has committed or rolled back, so the next one starts at
+    once. Writers in other processes still meet the busy timeout.
+    """
+
+    def __init__(self) -> None:
+        # A plain lock, not an RLock: a session may commit on another thread than the one that
+        # wrote (sessions hop between the event loop and worker threads).
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # id() of the DBAPI connection holding it
+        self._guard = threading.Lock()
+
+    def locked(self) -> bool:
+        """Whether a write transaction holds the lock now."""
+        return self._lock.locked()
+
+    def install(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self._before_execute)
+        # Released after the real COMMIT/ROLLBACK (the engine's commit and rollback events fire
+        # before them), and when a connection is closed (e.g. invalidated).
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                commit(dbapi_connection)
+            finally:
+                self._release(dbapi_connection)
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            try:
+                rollback(dbapi_connection)
+            finally:
+                self._release(dbapi_connection)
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+        event.listen(engine.pool, "close", self._on_close)
+
+    def _before_execute(self, _conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        owner = id(cursor.connection)
+        if self._holder == owner or not _SQLITE_WRITE.match(statement):
+            return
+        if not self._lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
+            raise sqlite3.OperationalError(
+                f"database is locked: another writer held it for over "
+                f"{_WRITE_LOCK_TIMEOUT_S:.0f} s"
+            )
+        with self._guard:
+            self._holder = owner
+
+    def _on_close(self, dbapi_connection: Any, _record: Any) -> None:
+        self._release(dbapi_connection)
+
+    def _release(self, dbapi_connection: Any) -> None:
+        # The engine passes the pool's proxy; the cursor and the pool know the raw connection.
+        raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        with self._guard:
+            if self._holder != id(raw):
+                return
+            self._holder = None
+            self._lock.release()
+
+
 class Database:
     """One engine and its session factory."""
 
@@ -49,8 +131,11 @@ class Database:
             # Sessions hop between the event loop and worker threads (never concurrently).
             kwargs["connect_args"] = {"check_same_thread": False}
         self.engine: Engine = create_engine(self.url, **kwargs)
+        self.write_lock: SQLiteWriteLock | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.write_lock = SQLiteWriteLock()
+            self.write_lock.install(self.engine)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

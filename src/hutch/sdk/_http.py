@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
-from hutch.sdk.config import ConnectionConfig
+from hutch.sdk.config import ConnectionConfig, tls_context
 from hutch.sdk.exceptions import (
     APIConnectionError,
     HutchSDKError,
@@ -118,7 +118,10 @@ class SyncHttp:
     def __init__(self, config: ConnectionConfig, client: httpx.Client | None = None) -> None:
         self.config = config
         self._client = client or httpx.Client(
-            base_url=config.api_url, headers=config.headers(), timeout=config.request_timeout
+            base_url=config.api_url,
+            headers=config.headers(),
+            timeout=config.request_timeout,
+            verify=tls_context(),
         )
 
     def send(self, call: Call[T], content: bytes | Iterable[bytes] | None = None) -> T:
@@ -172,7 +175,10 @@ class AsyncHttp:
     def __init__(self, config: ConnectionConfig, client: httpx.AsyncClient | None = None) -> None:
         self.config = config
         self._client = client or httpx.AsyncClient(
-            base_url=config.api_url, headers=config.headers(), timeout=config.request_timeout
+            base_url=config.api_url,
+            headers=config.headers(),
+            timeout=config.request_timeout,
+            verify=tls_context(),
         )
 
     async def send(self, call: Call[T], content: bytes | AsyncIterable[bytes] | None = None) -> T:

@@ -370,8 +370,6 @@ def get_json(path: str, params: tuple[tuple[str, str], ...] = ()) -> Call[Any]:
     return Call("GET", path, _json, params=params)
 
 
-
-
 def create_json(path: str, body: dict[str, Any], idempotency_key: str | None = None) -> Call[Any]:
     """POST a create with an Idempotency-Key, so a retried create makes one resource."""
     return Call("POST", path, _json, json=body, headers=idempotency_headers(idempotency_key))

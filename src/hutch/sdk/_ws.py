@@ -16,7 +16,7 @@ from websockets.sync.client import connect as sconnect
 from hutch.models.exec import StartedFrame
 from hutch.sdk import _frames
 from hutch.sdk._ops import sbx_path
-from hutch.sdk.config import ConnectionConfig
+from hutch.sdk.config import ConnectionConfig, tls_context
 from hutch.sdk.exceptions import (
     APIConnectionError,
     HutchSDKError,
@@ -29,7 +29,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def _connect_kwargs(config: ConnectionConfig) -> dict[str, Any]:
+    secure = config.api_url.startswith("https://")
     return {
+        "ssl": tls_context() if secure else None,
         "additional_headers": config.headers(),
         "open_timeout": config.request_timeout,
         "max_size": MAX_MESSAGE,

@@ -177,6 +177,7 @@ class Hutch:
         """Terminate a user or team for good (keys revoked, sandboxes killed)."""
         answer: dict[str, Any] = self._admin(kind, subject_id, "terminate", reason)
         return answer
+
     # project secrets (values are write-only)
     def set_secret(self, project_id: str, name: str, value: str) -> dict[str, Any]:
         """Create or replace a secret; the answer holds its metadata, never the value."""

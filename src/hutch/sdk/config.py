@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from hutch import __version__
 
@@ -14,6 +18,24 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 ENV_API_URL = "HUTCH_API_URL"
 ENV_API_KEY = "HUTCH_API_KEY"
 ENV_REQUEST_TIMEOUT = "HUTCH_REQUEST_TIMEOUT"
+
+_tls_lock = threading.Lock()
+_tls_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def tls_context() -> ssl.SSLContext:
+    """The client TLS context for https:// and wss:// (certificates verified).
+
+    Built once per process and trust store: building one loads the whole CA bundle, which
+    costs tens of milliseconds, and every sandbox handle has its own HTTP client. The trust
+    store is httpx's: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle.
+    """
+    key = (os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    with _tls_lock:
+        ctx = _tls_contexts.get(key)
+        if ctx is None:
+            ctx = _tls_contexts[key] = httpx.create_ssl_context(trust_env=True)
+        return ctx
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, insert
+from tests.support.rows import sandbox_row
 
 from bench._common import print_table, save
-from hutch.db.models import ProjectRow, SandboxRow, TeamRow
+from hutch.db.models import ProjectRow, TeamRow
 from hutch.db.session import Database
 from hutch.ids import new_id
 from hutch.models.events import UsageHeartbeat
@@ -64,32 +65,17 @@ def database(kind: str) -> Iterator[Database]:
 def sandboxes(db: Database, n: int) -> list[str]:
     """One team and project with `n` running sandboxes."""
     team, project = new_id("team"), new_id("prj")
-    ids = [new_id("sbx") for _ in range(n)]
+    rows = [
+        sandbox_row(project, T0, memory_mb=1024, disk_mb=1024, timeout_s=3600) for _ in range(n)
+    ]
     with db.session() as s:
         s.add(TeamRow(id=team, name="bench", created_at=T0))
         s.flush()
         s.add(ProjectRow(id=project, team_id=team, name="bench", created_at=T0))
         s.flush()
-        for sid in ids:
-            s.add(
-                SandboxRow(
-                    id=sid,
-                    project_id=project,
-                    mode="live",
-                    template="base",
-                    isolation="namespace",
-                    vcpu=1,
-                    memory_mb=1024,
-                    disk_mb=1024,
-                    timeout_s=3600,
-                    state="running",
-                    created_at=T0,
-                    updated_at=T0,
-                    expires_at=T0 + timedelta(hours=1),
-                )
-            )
+        s.add_all(rows)
         s.commit()
-    return ids
+    return [r.id for r in rows]
 
 
 def beats(ids: list[str], rounds: int) -> list[list[UsageHeartbeat]]:

@@ -27,9 +27,7 @@ def bare_bwrap(n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        subprocess.run(
-            [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--", "true"], check=True
-        )
+        subprocess.run([bwrap, "--unshare-all", "--ro-bind", "/", "/", "--", "true"], check=True)
         out.append(time.perf_counter() - t)
     return out
 

@@ -10,21 +10,20 @@ import argparse
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import uvicorn
 from sqlalchemy import func, select
+from tests.support.rows import sandbox_row
 
 from bench._common import print_table, save, summary
 from hutch.api.app import create_app
 from hutch.api.logging import configure_logging
 from hutch.api.settings import ApiSettings
 from hutch.db.audit import UsageRow
-from hutch.db.models import ProjectRow, SandboxRow
+from hutch.db.models import ProjectRow
 from hutch.db.session import Database
-from hutch.ids import new_id
 from hutch.services.accounts import AccountService
 from hutch.services.bootstrap import ensure_admin
 from hutch.services.clock import SystemClock
@@ -53,15 +52,9 @@ def main(n: int, blocks: int) -> None:
     key = (data / "admin-key").read_text().strip()
     with db.session() as s:
         project = s.execute(select(ProjectRow.id).limit(1)).scalar_one()
-        now = clock.now()
-        sid = new_id("sbx")
-        s.add(
-            SandboxRow(
-                id=sid, project_id=project, mode="live", template="base", isolation="namespace",
-                vcpu=1, memory_mb=256, disk_mb=256, timeout_s=3600, state="running",
-                created_at=now, updated_at=now, expires_at=now + timedelta(hours=1),
-            )
-        )  # fmt: skip
+        row = sandbox_row(project, clock.now(), timeout_s=3600)
+        sid = row.id
+        s.add(row)
         s.commit()
     app = create_app(settings, clock=clock, database=db)
     usage = app.state.services.usage_log

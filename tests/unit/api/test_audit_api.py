@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import delete, select
 
 from hutch.api.deps import Services
@@ -11,6 +9,7 @@ from hutch.db.audit import AdminLogRow, UsageDailyRow, UsageRow
 from hutch.db.models import ApiKeyRow, SandboxRow
 from hutch.ids import new_id
 from hutch.services.clock import FakeClock
+from tests.support.rows import add_sandbox
 from tests.unit.api.conftest import Client, World
 
 
@@ -89,35 +88,10 @@ def test_admin_log_routes_list_and_verify(client: Client, svc: Services, world: 
     ]
 
 
-def _running_sandbox(svc: Services, project_id: str) -> str:
-    now = svc.clock.now()
-    sid = new_id("sbx")
-    with svc.db.session() as s:
-        s.add(
-            SandboxRow(
-                id=sid,
-                project_id=project_id,
-                mode="live",
-                template="base",
-                isolation="namespace",
-                vcpu=1,
-                memory_mb=256,
-                disk_mb=256,
-                timeout_s=300,
-                state="running",
-                created_at=now,
-                updated_at=now,
-                expires_at=now + timedelta(seconds=300),
-            )
-        )
-        s.commit()
-    return sid
-
-
 def test_suspension_blocks_create_and_exec_until_lifted(
     client: Client, svc: Services, world: World
 ) -> None:
-    sbx = _running_sandbox(svc, world.project_id)
+    sbx = add_sandbox(svc.db, world.project_id, svc.clock.now())
     member = world.member
     url = f"/v1/admin/users/{member.user_id}"
     # The key and the sandbox are now known to this process (its hot path skips the database).
@@ -144,8 +118,8 @@ def test_suspension_blocks_create_and_exec_until_lifted(
 
 
 def test_team_suspension_and_termination(client: Client, svc: Services, world: World) -> None:
-    sbx = _running_sandbox(svc, world.other_project_id)
-    mine = _running_sandbox(svc, world.project_id)
+    sbx = add_sandbox(svc.db, world.other_project_id, svc.clock.now())
+    mine = add_sandbox(svc.db, world.project_id, svc.clock.now())
     url = f"/v1/admin/teams/{world.other_team_id}"
     r = client.post(f"{url}/suspend", headers=world.root.h, json={"reason": "spam"})
     assert r.status_code == 200
@@ -193,7 +167,7 @@ def test_usage_log_is_written_off_the_request_path_then_folded(
     with svc.db.session() as s:
         s.execute(delete(UsageRow))
         s.commit()
-    sbx = _running_sandbox(svc, world.project_id)
+    sbx = add_sandbox(svc.db, world.project_id, svc.clock.now())
     client.get(f"/v1/sandboxes/{sbx}", headers=world.owner.h)
     client.get("/v1/sandboxes/sbx_nope", headers=world.owner.h)
     client.get("/v1/me")
@@ -284,7 +258,7 @@ def test_an_objection_to_the_exec_trail_is_honoured(
         with svc.db.session() as s:
             return len(s.scalars(select(ExecAuditRow)).all())
 
-    sbx = _running_sandbox(svc, world.project_id)
+    sbx = add_sandbox(svc.db, world.project_id, svc.clock.now())
     r = client.patch(
         f"/v1/projects/{world.project_id}", headers=world.owner.h, json={"audit_exec": True}
     )

@@ -10,12 +10,12 @@ from starlette.datastructures import Headers
 
 from hutch.api.deps import Services
 from hutch.api.port_proxy import Target, hutch_key, upstream_headers, upstream_target
-from hutch.db.models import SandboxRow
 from hutch.ids import new_id
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.clock import FakeClock
 from hutch.services.permissions import Principal
 from hutch.services.ports import PortTokens, host_label, parse_host, port_secret
+from tests.support.rows import add_sandbox
 from tests.unit.api.conftest import Who, World
 
 SID = new_id("sbx")
@@ -119,31 +119,6 @@ def test_upstream_target_strips_the_prefix_and_only_our_token() -> None:
 # --- the access decision and settings, on SQLite and PostgreSQL ---
 
 
-def _sandbox(svc: Services, project_id: str, state: str = "running") -> str:
-    now = svc.clock.now()
-    sid = new_id("sbx")
-    with svc.db.session() as s:
-        s.add(
-            SandboxRow(
-                id=sid,
-                project_id=project_id,
-                mode="live",
-                template="base",
-                isolation="namespace",
-                vcpu=1,
-                memory_mb=1024,
-                disk_mb=4096,
-                timeout_s=300,
-                state=state,
-                created_at=now,
-                updated_at=now,
-                expires_at=now + timedelta(seconds=300),
-            )
-        )
-        s.commit()
-    return sid
-
-
 def _actor(svc: Services, who: Who) -> Principal:
     with svc.db.session() as s:
         return svc.keys.authenticate(s, who.key)
@@ -157,7 +132,7 @@ def _code(fn: Callable[[], object]) -> ErrorCode:
 
 def test_access_decision(svc: Services, world: World) -> None:
     ports = svc.ports
-    sid = _sandbox(svc, world.project_id)
+    sid = add_sandbox(svc.db, world.project_id, svc.clock.now(), memory_mb=1024, disk_mb=4096)
     member, viewer, other = world.users["member"], world.users["viewer"], world.users["other"]
     assert ports.authorize(sid, 8000, member.key, []).via == "key"
     assert _code(lambda: ports.authorize(sid, 8000, None, [])) is ErrorCode.unauthenticated
@@ -179,7 +154,9 @@ def test_access_decision(svc: Services, world: World) -> None:
     assert _code(lambda: ports.authorize(sid, 8001, None, [])) is ErrorCode.unauthenticated
     ports.set_public(_actor(svc, member), sid, 8000, False)
     assert _code(lambda: ports.authorize(sid, 8000, None, [])) is ErrorCode.unauthenticated
-    stopped = _sandbox(svc, world.project_id, "stopped")
+    stopped = add_sandbox(
+        svc.db, world.project_id, svc.clock.now(), state="stopped", memory_mb=1024, disk_mb=4096
+    )
     assert _code(lambda: ports.authorize(stopped, 8000, member.key, [])) is (
         ErrorCode.sandbox_not_running
     )
@@ -193,7 +170,7 @@ def test_a_suspended_team_serves_nothing(svc: Services, world: World) -> None:
     from hutch.models.audit import SubjectType, SuspendRequest
 
     ports = svc.ports
-    sid = _sandbox(svc, world.project_id)
+    sid = add_sandbox(svc.db, world.project_id, svc.clock.now(), memory_mb=1024, disk_mb=4096)
     member = world.users["member"]
     token, _ = ports.mint(_actor(svc, member), sid, 8000, 600)
     ports.set_public(_actor(svc, member), sid, 8001, True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from hutch.db.billing import BillingAccountRow
-from hutch.db.models import ProjectRow, SandboxRow, TeamRow
+from hutch.db.models import ProjectRow, TeamRow
 from hutch.db.session import Database
 from hutch.ids import new_id
 from hutch.models.events import UsageHeartbeat
@@ -20,6 +20,7 @@ from hutch.services.clock import FakeClock
 from hutch.services.credits import CreditService
 from hutch.services.metering import MeteringService
 from hutch.services.pricing import PriceBook
+from tests.support.rows import add_sandbox
 
 T0 = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -54,28 +55,16 @@ class Stack:
         self, project_id: str, *, vcpu: int = 1, memory_mb: int = 1024, mode: str = "live"
     ) -> str:
         """A running sandbox row created now."""
-        sid = new_id("sbx")
-        now = self.clock.now()
-        with self.db.session() as s:
-            s.add(
-                SandboxRow(
-                    id=sid,
-                    project_id=project_id,
-                    mode=mode,
-                    template="base",
-                    isolation="namespace",
-                    vcpu=vcpu,
-                    memory_mb=memory_mb,
-                    disk_mb=1024,
-                    timeout_s=86400,
-                    state="running",
-                    created_at=now,
-                    updated_at=now,
-                    expires_at=now + timedelta(days=1),
-                )
-            )
-            s.commit()
-        return sid
+        return add_sandbox(
+            self.db,
+            project_id,
+            self.clock.now(),
+            mode=mode,
+            vcpu=vcpu,
+            memory_mb=memory_mb,
+            disk_mb=1024,
+            timeout_s=86400,
+        )
 
     def ledger_balance(self, team_id: str) -> int:
         with self.db.session() as s:

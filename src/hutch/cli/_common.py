@@ -109,6 +109,38 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+GROUP_OPTIONS = ("api_url", "api_key", "json_out")
+
+
+def _on_command_line(ctx: Any, name: str) -> bool:
+    # By name: typer may bring its own copy of click, with its own ParameterSource enum.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def group_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """Let a subcommand use the --api-url/--api-key/--json given to its group, as in
+    `hutch me --api-key K export`: its own options win, then the group's, then the environment.
+    The subcommand takes a `ctx: typer.Context` parameter for this; put the decorator above
+    `handle_errors`, so errors are reported in the format the group asked for."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        ctx: Any = kwargs.get("ctx")
+        group = getattr(ctx, "parent", None)
+        if group is not None:
+            for name in GROUP_OPTIONS:
+                if (
+                    name in kwargs
+                    and not _on_command_line(ctx, name)
+                    and _on_command_line(group, name)
+                ):
+                    kwargs[name] = group.params[name]
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def to_jsonable(value: Any) -> Any:
     """Models, dataclasses and lists of them as plain JSON values."""
     if isinstance(value, BaseModel):

@@ -135,7 +135,8 @@ def me_main(
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
-    """Who the API key belongs to (with no subcommand)."""
+    """Who the API key belongs to (with no subcommand). --api-url, --api-key and --json given
+    here also apply to the subcommand."""
     if ctx.invoked_subcommand is None:
         accounts.me(api_url=api_url, api_key=api_key, json_out=json_out)
 
@@ -150,8 +151,10 @@ def _status(answer: dict[str, object], json_out: bool) -> None:
 
 
 @me.command("export")
+@c.group_options
 @c.handle_errors
 def me_export(
+    ctx: typer.Context,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Zip file (default: hutch-export-ID.zip)")
     ] = None,
@@ -174,8 +177,10 @@ def me_export(
 
 
 @me.command("update")
+@c.group_options
 @c.handle_errors
 def me_update(
+    ctx: typer.Context,
     name: Annotated[str | None, typer.Option(help="New display name.")] = None,
     email: Annotated[str | None, typer.Option(help="New email address.")] = None,
     user: User = None,
@@ -193,8 +198,10 @@ def me_update(
 
 
 @me.command("restrict")
+@c.group_options
 @c.handle_errors
 def me_restrict(
+    ctx: typer.Context,
     lift: Annotated[bool, typer.Option("--lift", help="Lift the restriction.")] = False,
     user: User = None,
     api_url: c.ApiUrl = None,
@@ -207,8 +214,10 @@ def me_restrict(
 
 
 @me.command("object")
+@c.group_options
 @c.handle_errors
 def me_object(
+    ctx: typer.Context,
     purposes: Annotated[
         list[str] | None,
         typer.Argument(help="exec_audit, usage_analytics, marketing (none: withdraw all)."),
@@ -224,8 +233,10 @@ def me_object(
 
 
 @me.command("erase")
+@c.group_options
 @c.handle_errors
 def me_erase(
+    ctx: typer.Context,
     confirm: Annotated[
         str | None, typer.Option(help="The account's email address (prompted if missing).")
     ] = None,

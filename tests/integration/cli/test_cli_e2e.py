@@ -195,9 +195,11 @@ def test_me_commands(api: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         user = c.post("/v1/users", json={"email": email, "name": "cli"}).json()["user_id"]
         c.post(f"/v1/teams/{team}/members", json={"user_id": user, "role": "member"})
         key = c.post("/v1/keys", json={"name": "cli", "user_id": user}).json()["key"]
-    monkeypatch.setenv("HUTCH_API_KEY", key)
-    r = hutch("me", "update", "--name", "Renamed", "--json")
+    # Options given to `hutch me` reach its subcommand (here without HUTCH_API_KEY at all).
+    monkeypatch.delenv("HUTCH_API_KEY")
+    r = hutch("me", "--api-key", key, "--json", "update", "--name", "Renamed")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "Renamed", r.stderr
+    monkeypatch.setenv("HUTCH_API_KEY", key)
     out = tmp_path / "export.zip"
     r = hutch("me", "export", "-o", str(out))
     assert r.returncode == 0, r.stderr

@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import termios
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import typer
@@ -94,6 +97,62 @@ def test_unreachable_api_is_a_clear_error(run: CliRunner) -> None:
 def test_api_url_from_environment_is_validated(run: CliRunner) -> None:
     r = run.invoke(app, ["me"], env={"HUTCH_API_URL": "ftp://nope"})
     assert r.exit_code == 2 and "http://" in r.output
+
+
+@pytest.fixture
+def stub_api() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
+    """A loopback stand-in for the API: answers every request with a small JSON object and
+    records (method, path, Authorization header)."""
+    seen: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            seen.append((self.command, self.path, self.headers.get("authorization") or ""))
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.dumps({"user_id": "usr_x", "objections": []}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_DELETE = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_me_passes_its_options_on_to_its_subcommands(
+    run: CliRunner, stub_api: tuple[str, list[tuple[str, str, str]]]
+) -> None:
+    url, seen = stub_api
+    env = {"HUTCH_API_URL": "http://127.0.0.1:1", "HUTCH_API_KEY": "sk_test_env"}
+    group = ["me", "--api-url", url, "--api-key", "sk_test_group"]
+    r = run.invoke(app, [*group, "restrict"], env=env)
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == ("PUT", "/v1/me/restriction", "Bearer sk_test_group")
+    # The subcommand's own options win over the group's.
+    r = run.invoke(app, [*group, "restrict", "--lift", "--api-key", "sk_test_own"], env=env)
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == ("DELETE", "/v1/me/restriction", "Bearer sk_test_own")
+    # Without a subcommand the group's options were always used.
+    assert run.invoke(app, group, env=env).exit_code == 0
+    assert seen[-1] == ("GET", "/v1/me", "Bearer sk_test_group")
+    # --json given to the group shapes the subcommand's output and its errors.
+    r = run.invoke(app, [*group, "--json", "object", "marketing"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["user_id"] == "usr_x", r.output
+    r = run.invoke(app, ["me", "--json", *NOWHERE, "restrict"], env=env)
+    assert r.exit_code == 1 and "error" in json.loads(r.stderr), r.output
 
 
 def test_exec_keeps_the_commands_own_options(run: CliRunner) -> None:

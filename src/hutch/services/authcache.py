@@ -1,14 +1,16 @@
 """Recently authenticated API keys, so the request hot path needs no database round trip.
 
 An entry lives `ttl_s` seconds of the services' clock. Any commit in this process that wrote
-users, keys, teams, members or projects empties the cache at once, so a revocation, rotation, role
-change or suspension made through this process applies to the very next request; one made by
-*another* API process applies within `ttl_s`. A rotated key's grace end is checked on every hit.
+users, keys, teams, members, projects, suspensions or privacy state empties the cache at once,
+so a revocation, rotation, role change, suspension or restriction made through this process
+applies to the very next request; one made by *another* API process applies within `ttl_s`.
+A rotated key's grace end is checked on every hit.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,29 +98,49 @@ class PrincipalCache:
 
     def watch(self, sessions: sessionmaker[Session]) -> None:
         """Clear on every commit of `sessions` that wrote one of AUTH_TABLES."""
+        _watchers(sessions).add(self)
 
-        def flushed(session: Session, _ctx: Any) -> None:
-            for obj in (*session.new, *session.dirty, *session.deleted):
-                if getattr(obj, "__tablename__", None) in AUTH_TABLES:
-                    session.info[_DIRTY] = True
-                    return
 
-        def executed(state: ORMExecuteState) -> None:
-            if state.execution_options.get("hutch_auth_neutral"):
+# Every cache fed by one session factory. The listeners are installed once per factory: with one
+# set per cache, the first to see a commit would consume its "wrote an auth table" mark and the
+# other caches on the same database would keep stale principals.
+_WATCHERS: weakref.WeakKeyDictionary[sessionmaker[Session], weakref.WeakSet[PrincipalCache]] = (
+    weakref.WeakKeyDictionary()
+)
+_WATCHERS_LOCK = threading.Lock()
+
+
+def _watchers(sessions: sessionmaker[Session]) -> weakref.WeakSet[PrincipalCache]:
+    with _WATCHERS_LOCK:
+        caches = _WATCHERS.get(sessions)
+        if caches is not None:
+            return caches
+        caches = _WATCHERS[sessions] = weakref.WeakSet()
+
+    def flushed(session: Session, _ctx: Any) -> None:
+        for obj in (*session.new, *session.dirty, *session.deleted):
+            if getattr(obj, "__tablename__", None) in AUTH_TABLES:
+                session.info[_DIRTY] = True
                 return
-            if state.is_update or state.is_delete or state.is_insert:
-                table = getattr(state.statement, "table", None)
-                if getattr(table, "name", None) in AUTH_TABLES:
-                    state.session.info[_DIRTY] = True
 
-        def committed(session: Session) -> None:
-            if session.info.pop(_DIRTY, False):
-                self.clear()
+    def executed(state: ORMExecuteState) -> None:
+        if state.execution_options.get("hutch_auth_neutral"):
+            return
+        if state.is_update or state.is_delete or state.is_insert:
+            table = getattr(state.statement, "table", None)
+            if getattr(table, "name", None) in AUTH_TABLES:
+                state.session.info[_DIRTY] = True
 
-        def rolled_back(session: Session) -> None:
-            session.info.pop(_DIRTY, None)
+    def committed(session: Session) -> None:
+        if session.info.pop(_DIRTY, False):
+            for cache in list(caches):
+                cache.clear()
 
-        event.listen(sessions, "after_flush", flushed)
-        event.listen(sessions, "do_orm_execute", executed)
-        event.listen(sessions, "after_commit", committed)
-        event.listen(sessions, "after_rollback", rolled_back)
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_DIRTY, None)
+
+    event.listen(sessions, "after_flush", flushed)
+    event.listen(sessions, "do_orm_execute", executed)
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
+    return caches

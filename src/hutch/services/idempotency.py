@@ -6,8 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import delete
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hutch.db.models import IdempotencyRow
@@ -16,6 +17,7 @@ from hutch.models.common import ErrorCode, HutchError
 from hutch.services.clock import Clock
 
 TTL = timedelta(hours=24)
+_IDEMPOTENCY = cast(Table, IdempotencyRow.__table__)
 MAX_KEY_LEN = 255
 
 
@@ -52,11 +54,14 @@ class IdempotencyService:
     def begin(self, scope: str, key: str, fingerprint: str) -> Stored | None:
         """Claim `key` for this request, or return the response to replay; 409 on misuse."""
         now = self.clock.now()
+        c = _IDEMPOTENCY.c
+        mine = (c.scope == scope) & (c["key"] == key)
         with self.db.session() as s:
-            row = s.get(IdempotencyRow, (scope, key))
+            row = s.execute(
+                select(c.request_hash, c.status, c.body, c.created_at).where(mine)
+            ).first()
             if row is not None and row.created_at + TTL <= now:
-                s.delete(row)
-                s.flush()
+                s.execute(delete(_IDEMPOTENCY).where(mine))
                 row = None
             if row is not None:
                 if row.request_hash != fingerprint:
@@ -67,8 +72,12 @@ class IdempotencyService:
                 if row.status is None or row.body is None:
                     raise _conflict("a request with this Idempotency-Key is still in progress")
                 return Stored(row.status, row.body)
-            s.add(IdempotencyRow(scope=scope, key=key, request_hash=fingerprint, created_at=now))
             try:
+                s.execute(
+                    insert(_IDEMPOTENCY).values(
+                        scope=scope, key=key, request_hash=fingerprint, created_at=now
+                    )
+                )
                 s.commit()
             except IntegrityError:
                 raise _conflict(
@@ -79,10 +88,13 @@ class IdempotencyService:
     def complete(self, scope: str, key: str, stored: Stored) -> None:
         """Record the first response."""
         with self.db.session() as s:
-            row = s.get(IdempotencyRow, (scope, key))
-            if row is not None:
-                row.status, row.body = stored.status, stored.body
-                s.commit()
+            c = _IDEMPOTENCY.c  # Core, on the table: no ORM bulk-update machinery
+            s.execute(
+                update(_IDEMPOTENCY)
+                .where(c.scope == scope, c["key"] == key)
+                .values(status=stored.status, body=stored.body)
+            )
+            s.commit()
 
     def abandon(self, scope: str, key: str) -> None:
         """Forget a claim whose request failed, so a retry runs again."""

@@ -151,6 +151,7 @@ class KeyService:
                 MemberRow.role,
                 UserPrivacyRow.erased_at,
                 UserPrivacyRow.objections,
+                UserPrivacyRow.restricted_at,
             )
             .join(UserRow, UserRow.id == ApiKeyRow.user_id)
             .join(ProjectRow, ProjectRow.id == ApiKeyRow.project_id)
@@ -160,7 +161,17 @@ class KeyService:
         ).one_or_none()
         if row is None:
             raise _unauthenticated("the API key is not valid")
-        k, is_admin, disabled_at, team_id, audit_exec, role, erased_at, objections = row
+        (
+            k,
+            is_admin,
+            disabled_at,
+            team_id,
+            audit_exec,
+            role,
+            erased_at,
+            objections,
+            restricted_at,
+        ) = row
         now = self.clock.now()
         if erased_at is not None:
             raise _unauthenticated_as(
@@ -202,6 +213,7 @@ class KeyService:
             key_expires_at=k.expires_at,
             # The exec trail is optional processing: a user who objected is not recorded.
             audit_exec=bool(audit_exec) and "exec_audit" not in (objections or ()),
+            restricted=restricted_at is not None,
         )
         return replace(actor, suspended=suspension_of(session, actor))
 

@@ -57,9 +57,11 @@ class Principal:
     scopes: frozenset[Scope]
     key_expires_at: datetime | None = None
     source_ip: str | None = None  # where the request came from (for the admin log)
-    # Read with the key (and cached with it): why the account may not run anything, if so, and
-    # whether its project keeps an exec audit trail.
+    # Read with the key (and cached with it): why the account may not run anything, if so,
+    # whether its processing is restricted (no new sandboxes), and whether its project keeps an
+    # exec audit trail.
     suspended: str | None = None
+    restricted: bool = False
     audit_exec: bool = False
     rights: frozenset[Scope] = field(init=False)
 

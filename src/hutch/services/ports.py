@@ -192,47 +192,58 @@ class PortService:
 
     # --- the access decision ---
 
-    def authorize(self, sandbox_id: str, port: int, key: str | None, tokens: list[str]) -> Access:
+    def authorize(
+        self,
+        sandbox_id: str,
+        port: int,
+        key: str | None,
+        tokens: list[str],
+        *,
+        actor: Principal | None = None,
+    ) -> Access:
         """May this request reach the port? Public ports need nothing; otherwise an API key
         (tenancy and scope checked; another tenant's sandbox is 404) or a valid token. The
-        sandbox must be running. Unauthenticated callers learn nothing about the sandbox."""
+        sandbox must be running. Unauthenticated callers learn nothing about the sandbox.
+
+        `actor` is the key as the caller already knows it (from the principal cache); without
+        it the key is looked up here. One database session in all.
+        """
         if not is_id(sandbox_id, "sbx"):
             raise sandbox_not_found(sandbox_id)
-        access: Access | None = None
-        if self.is_public(sandbox_id, port):
-            access = Access("public")
-        elif key is not None:
-            with self.db.session() as s:
-                actor = self.keys.authenticate(s, key)
-            port_access(actor)
-            self._own_row(actor, sandbox_id)
-            refuse_if_suspended(actor.suspended)
-            access = Access("key", key_id=actor.key_id)
-        elif tokens:
-            first: HutchError | None = None
-            for t in tokens:  # several cookies may share the name (set by other hosts)
-                try:
-                    expires = self.tokens.check(t, sandbox_id, port)
-                except HutchError as e:
-                    first = first or e
-                    continue
-                access = Access("token", token=t, expires_at=expires)
-                break
-            if access is None:
-                assert first is not None
-                raise first
-        else:
-            raise HutchError(
-                ErrorCode.unauthenticated,
-                "this sandbox port is private: send an API key (Authorization: Bearer sk_…), "
-                "or a signed URL token (?hutch_token=…), or make the port public",
-            )
-        self._require_running(sandbox_id)
-        return access
-
-    def _require_running(self, sandbox_id: str) -> None:
         with self.db.session() as s:
             row = s.get(SandboxRow, sandbox_id)
+            setting = s.get(SandboxPortRow, (sandbox_id, port))
+            access: Access | None = None
+            if setting is not None and setting.public:
+                access = Access("public")
+            elif key is not None:
+                if actor is None:
+                    actor = self.keys.authenticate(s, key)
+                port_access(actor)
+                tenant = (actor.project_id, actor.mode.value)
+                if row is None or (row.project_id, row.mode) != tenant:
+                    raise sandbox_not_found(sandbox_id)
+                refuse_if_suspended(actor.suspended)
+                access = Access("key", key_id=actor.key_id)
+            elif tokens:
+                first: HutchError | None = None
+                for t in tokens:  # several cookies may share the name (set by other hosts)
+                    try:
+                        expires = self.tokens.check(t, sandbox_id, port)
+                    except HutchError as e:
+                        first = first or e
+                        continue
+                    access = Access("token", token=t, expires_at=expires)
+                    break
+                if access is None:
+                    assert first is not None
+                    raise first
+            else:
+                raise HutchError(
+                    ErrorCode.unauthenticated,
+                    "this sandbox port is private: send an API key (Authorization: Bearer sk_…), "
+                    "or a signed URL token (?hutch_token=…), or make the port public",
+                )
             if row is None:
                 raise sandbox_not_found(sandbox_id)
             # A suspended account's sandbox serves nobody: not its public ports, not its tokens.
@@ -242,6 +253,7 @@ class PortService:
                     ErrorCode.sandbox_not_running,
                     f"sandbox {sandbox_id} is {row.state}, not running",
                 )
+        return access
 
     def token_ttl(self, expires_at: datetime) -> int:
         """Seconds left on a token (for the cookie's Max-Age)."""

@@ -145,8 +145,11 @@ class PrivacyService:
         return row is not None and purpose.value in row.objections
 
     def guard_create(self, actor: Principal) -> None:
-        """Sandbox-create guard: a restricted account may not start new processing."""
-        if self.is_restricted(actor.user_id):
+        """Sandbox-create guard: a restricted account may not start new processing.
+
+        Read with the key: the principal cache drops it when this process commits a change to
+        the account's privacy state, and other API processes see it within the cache's TTL."""
+        if actor.restricted:
             raise HutchError(
                 ErrorCode.account_restricted,
                 "processing of this account is restricted: no new sandboxes until the "

@@ -26,6 +26,7 @@ class ReconcileReport:
     stopped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)  # creates the runner finished, now recorded
 
 
 class Reconciler:
@@ -65,6 +66,11 @@ class Reconciler:
                     (report.failed if target is SandboxState.failed else report.stopped).append(
                         sandbox_id
                     )
+            elif state == SandboxState.creating.value and info.state is SandboxState.running:
+                # The runner made it but the create never recorded that (cancelled, or its
+                # write failed): record it as the runner has it.
+                if await to_thread.run_sync(svc.record_running, info):
+                    report.running.append(sandbox_id)
             elif state == SandboxState.stopping.value:
                 await self._kill(sandbox_id, report)
                 await to_thread.run_sync(svc.settle, sandbox_id, SandboxState.stopped, "killed")
@@ -76,9 +82,10 @@ class Reconciler:
         for sandbox_id in alive:
             if sandbox_id not in known and sandbox_id not in svc.inflight:
                 await self._kill(sandbox_id, report)
-        if report.stopped or report.failed or report.killed:
+        if report.stopped or report.failed or report.killed or report.running:
             log.info(
                 "reconciled",
+                running=len(report.running),
                 stopped=len(report.stopped),
                 failed=len(report.failed),
                 killed=len(report.killed),

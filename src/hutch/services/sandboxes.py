@@ -12,10 +12,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import structlog
 from anyio import to_thread
-from sqlalchemy import exists, func, select
+from sqlalchemy import Table, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
@@ -33,9 +34,12 @@ from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal
 from hutch.services.ratelimit import TokenBucket
 from hutch.services.runner_port import RunnerPort
-from hutch.services.suspensions import check_not_suspended
+from hutch.services.suspensions import check_not_suspended, refuse_if_suspended
 
 log = structlog.get_logger("hutch.sandboxes")
+_SANDBOXES = cast(Table, SandboxRow.__table__)
+_SANDBOX_METADATA = cast(Table, SandboxMetadataRow.__table__)
+_SANDBOX_OWNERS = cast(Table, SandboxOwnerRow.__table__)
 
 ACTIVE = (SandboxState.creating.value, SandboxState.running.value, SandboxState.stopping.value)
 TERMINAL = (SandboxState.stopped.value, SandboxState.failed.value)
@@ -92,6 +96,9 @@ class SandboxService:
         self.limiter = TokenBucket(limits.create_rate_per_minute, clock)
         # Ids whose create/kill is under way in this process: the reconciler leaves them alone.
         self.inflight: set[str] = set()
+        # Ids this process is stopping: it records their end itself, so the runner's event
+        # saying so needs no write.
+        self.stopping: set[str] = set()
         # SQLite serialises writers anyway; this lock makes count-then-insert atomic per process
         # (PostgreSQL additionally locks the project row for other processes).
         self._quota_lock = threading.Lock()
@@ -190,11 +197,24 @@ class SandboxService:
 
     # --- create ---
 
-    def _admit(self, actor: Principal, spec: SandboxCreate) -> str:
-        """Check quota and persist the `creating` row; returns the new id."""
+    def _admit_with_env(
+        self, actor: Principal, spec: SandboxCreate
+    ) -> tuple[SandboxRow, dict[str, str]]:
+        """Guards, then the environment (secrets decrypted only for an admitted account, and
+        before anything is persisted: an unknown name leaves nothing behind), then quota and
+        the `creating` row. One worker-thread hop for all of it."""
+        for guard in self.create_guards:
+            guard(actor)
+        env = self._env(actor, spec)
+        return self._admit(actor, spec), env
+
+    def _admit(self, actor: Principal, spec: SandboxCreate) -> SandboxRow:
+        """Check quota and persist the `creating` row (returned detached, fully loaded)."""
         now = self.clock.now()
+        # Suspension is read with the key, like every other property of the caller: at once
+        # after a change through this process, within the principal cache's TTL otherwise.
+        refuse_if_suspended(actor.suspended)
         with self._quota_lock, self.db.session() as s:
-            check_not_suspended(s, actor)
             s.execute(
                 select(ProjectRow.id).where(ProjectRow.id == actor.project_id).with_for_update()
             )
@@ -210,29 +230,47 @@ class SandboxService:
                     f"{self.limits.max_concurrent} may run at once",
                     headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
                 )
-            row = SandboxRow(
-                id=new_id("sbx"),
-                project_id=actor.project_id,
-                mode=actor.mode.value,
-                template=spec.template,
-                isolation=spec.isolation.value,
-                vcpu=spec.vcpu,
-                memory_mb=spec.memory_mb,
-                disk_mb=spec.disk_mb,
-                timeout_s=spec.timeout_s,
-                state=SandboxState.creating.value,
-                created_at=now,
-                updated_at=now,
-                expires_at=now + timedelta(seconds=spec.timeout_s),
-                meta=[SandboxMetadataRow(key=k, value=v) for k, v in spec.metadata.items()],
-                network=spec.network.model_dump() if spec.network is not None else None,
-            )
-            s.add(row)
-            s.flush()
-            s.add(SandboxOwnerRow(sandbox_id=row.id, user_id=actor.user_id))
-            s.commit()
-            self.inflight.add(row.id)
-            return row.id
+            values: dict[str, Any] = {
+                "id": new_id("sbx"),
+                "project_id": actor.project_id,
+                "mode": actor.mode.value,
+                "template": spec.template,
+                "isolation": spec.isolation.value,
+                "vcpu": spec.vcpu,
+                "memory_mb": spec.memory_mb,
+                "disk_mb": spec.disk_mb,
+                "timeout_s": spec.timeout_s,
+                "state": SandboxState.creating.value,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": now + timedelta(seconds=spec.timeout_s),
+                "network": spec.network.model_dump() if spec.network is not None else None,
+            }
+            sid = values["id"]
+            # In flight before the row is visible, so the reconciler never takes it for an
+            # interrupted create.
+            self.inflight.add(sid)
+            try:
+                # Core INSERTs: no unit of work or ORM bulk machinery for rows nobody changes.
+                s.execute(insert(_SANDBOXES), values)
+                if spec.metadata:
+                    s.execute(
+                        insert(_SANDBOX_METADATA),
+                        [
+                            {"sandbox_id": sid, "key": k, "value": v}
+                            for k, v in spec.metadata.items()
+                        ],
+                    )
+                s.execute(insert(_SANDBOX_OWNERS), {"sandbox_id": sid, "user_id": actor.user_id})
+                s.commit()
+            except BaseException:
+                self.inflight.discard(sid)
+                raise
+        # The row as stored (not attached to any session), for the answer.
+        meta = [
+            SandboxMetadataRow(sandbox_id=sid, key=k, value=v) for k, v in spec.metadata.items()
+        ]
+        return SandboxRow(**values, meta=sorted(meta, key=lambda m: m.key))
 
     def _transition(
         self,
@@ -243,25 +281,72 @@ class SandboxService:
         reason: str | None = None,
         at: datetime | None = None,
         info: SandboxInfo | None = None,
-    ) -> tuple[Sandbox | None, bool]:
-        """Move a row to `state` if it is in `only_from`; returns the row and whether it moved."""
+        tenant: Principal | None = None,
+    ) -> dict[str, Any] | None:
+        """Move a row to `state` if it is in `only_from` (and, given `tenant`, belongs to that
+        key's project and mode); returns the changed columns, or None if nothing moved.
+
+        One conditional UPDATE: atomic on both databases (PostgreSQL re-checks the condition
+        after taking the row lock) and no read of the row first.
+        """
+        allowed = tuple(s for s in only_from if s != state.value)
+        if not allowed:
+            return None
+        now = self.clock.now()
+        values: dict[str, Any] = {"state": state.value, "updated_at": now}
+        if state.value in TERMINAL:
+            values |= {"ended_at": at or now, "end_reason": reason}
+        if info is not None and state is SandboxState.running:
+            values |= {"created_at": info.created_at, "expires_at": info.expires_at}
+        # Core, on the table: the ORM's bulk-update path (session synchronisation) costs more
+        # than the statement.
+        c = _SANDBOXES.c
+        stmt = update(_SANDBOXES).where(c.id == sandbox_id, c.state.in_(allowed))
+        if tenant is not None:
+            stmt = stmt.where(c.project_id == tenant.project_id, c.mode == tenant.mode.value)
         with self.db.session() as s:
-            row = s.get(SandboxRow, sandbox_id, with_for_update=True)
-            if row is None:
-                return None, False
-            moved = row.state in only_from and row.state != state.value
-            if moved:
-                now = self.clock.now()
-                row.state = state.value
-                row.updated_at = now
-                if state.value in TERMINAL:
-                    row.ended_at = at or now
-                    row.end_reason = reason
-            if info is not None and row.state == SandboxState.running.value:
-                row.created_at, row.expires_at = info.created_at, info.expires_at
+            hit = s.execute(stmt.values(**values).returning(c.project_id, c.mode)).first()
             s.commit()
+        if hit is None:
+            return None
+        self._remember(sandbox_id, state.value, hit.project_id, hit.mode)
+        return values
+
+    def _wire(self, sandbox_id: str) -> Sandbox:
+        with self.db.session() as s:
+            row = s.get(SandboxRow, sandbox_id)
+            if row is None:
+                raise sandbox_not_found(sandbox_id)
             self._remember(row.id, row.state, row.project_id, row.mode)
-            return to_wire(row), moved
+            return to_wire(row)
+
+    def _settle_create(self, row: SandboxRow, info: SandboxInfo) -> tuple[Sandbox, bool]:
+        """Record the runner's answer to a create; returns the sandbox and whether the row was
+        still `creating` (False: it was killed meanwhile)."""
+        moved = self._transition(
+            row.id,
+            SandboxState(info.state),
+            only_from=(SandboxState.creating.value,),
+            reason=info.end_reason,
+            at=info.ended_at,
+            info=info,
+        )
+        if moved is None:  # no longer `creating`: killed meanwhile, or settled elsewhere
+            if info.state == SandboxState.running.value:
+                with self.db.session() as s:
+                    s.execute(
+                        update(_SANDBOXES)
+                        .where(
+                            _SANDBOXES.c.id == row.id,
+                            _SANDBOXES.c.state == SandboxState.running.value,
+                        )
+                        .values(created_at=info.created_at, expires_at=info.expires_at)
+                    )
+                    s.commit()
+            return self._wire(row.id), False
+        for k, v in moved.items():  # the admitted row as it now is, without reading it back
+            setattr(row, k, v)
+        return to_wire(row), True
 
     async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox:
         """Admit, persist `creating`, ask the runner, persist `running` (or `failed`)."""
@@ -275,12 +360,10 @@ class SandboxService:
                 f"{self.limits.create_rate_per_minute} per minute",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        for guard in self.create_guards:
-            await to_thread.run_sync(guard, actor)
-        # Decrypted before anything is persisted (an unknown name leaves nothing behind) and
-        # handed only to the runner: never to the row, the idempotency record or a log.
-        env = await self._env(actor, req)
-        sandbox_id = await to_thread.run_sync(self._admit, actor, req)
+        # The environment with decrypted secrets goes only to the runner: never to the row, the
+        # idempotency record or a log.
+        admitted, env = await to_thread.run_sync(self._admit_with_env, actor, req)
+        sandbox_id = admitted.id
         try:
             create = RunnerCreate(
                 sandbox_id=sandbox_id,
@@ -295,25 +378,15 @@ class SandboxService:
             except Exception as e:
                 await to_thread.run_sync(self._fail, sandbox_id, ErrorCode.runner_unavailable.value)
                 raise HutchError(ErrorCode.runner_unavailable, "the runner did not answer") from e
-            wire, moved = await to_thread.run_sync(
-                lambda: self._transition(
-                    sandbox_id,
-                    SandboxState(info.state),
-                    only_from=(SandboxState.creating.value,),
-                    reason=info.end_reason,
-                    at=info.ended_at,
-                    info=info,
-                )
-            )
-            if not moved and wire is not None and wire.state.value in (*TERMINAL, "stopping"):
+            wire, moved = await to_thread.run_sync(self._settle_create, admitted, info)
+            if not moved and wire.state.value in (*TERMINAL, "stopping"):
                 # Killed while being created: the runner made it after the kill; undo that.
                 await self.kill_on_runner(sandbox_id)
-            assert wire is not None
             return wire
         finally:
             self.inflight.discard(sandbox_id)
 
-    async def _env(self, actor: Principal, req: SandboxCreate) -> dict[str, str]:
+    def _env(self, actor: Principal, req: SandboxCreate) -> dict[str, str]:
         """The sandbox's environment: `env` plus decrypted secrets (names may not clash)."""
         pairs = secret_pairs(req.secrets)
         if not pairs:
@@ -328,7 +401,7 @@ class SandboxService:
                     {"loc": ["body", "secrets"], "field": "secrets", "msg": "clashes with env"}
                 ],
             )
-        resolved = await to_thread.run_sync(self.secret_resolver, actor, pairs)
+        resolved = self.secret_resolver(actor, pairs)
         env = {**req.env, **resolved}
         try:
             check_env(env)
@@ -359,16 +432,19 @@ class SandboxService:
         actor.require(Scope.sandboxes_write)
 
         def begin() -> bool:
-            with self.db.session() as s:
+            if self._transition(sandbox_id, SandboxState.stopping, tenant=actor) is not None:
+                return True
+            with self.db.session() as s:  # not ours (404), or already ended (nothing to do)
                 row = self._row(s, actor, sandbox_id)
                 if row.state in TERMINAL:
                     return False
-            self._transition(sandbox_id, SandboxState.stopping)
+            # `stopping` already (a kill under way elsewhere, or interrupted): kill again.
             return True
 
         if not await to_thread.run_sync(begin):
             return
         self.inflight.add(sandbox_id)
+        self.stopping.add(sandbox_id)
         try:
             await self.kill_on_runner(sandbox_id)
             await to_thread.run_sync(
@@ -376,16 +452,18 @@ class SandboxService:
             )
         finally:
             self.inflight.discard(sandbox_id)
+            self.stopping.discard(sandbox_id)
 
     async def stop(self, sandbox_id: str, reason: str) -> bool:
         """Stop a sandbox on the server's own initiative (e.g. unpaid usage); True if it was
         active. Persisted as `stopping` first, like a kill."""
-        _, moved = await to_thread.run_sync(
+        moved = await to_thread.run_sync(
             lambda: self._transition(sandbox_id, SandboxState.stopping)
         )
-        if not moved:
+        if moved is None:
             return False
         self.inflight.add(sandbox_id)
+        self.stopping.add(sandbox_id)
         try:
             if self.runner is not None:
                 await self.kill_on_runner(sandbox_id)
@@ -394,6 +472,7 @@ class SandboxService:
             )
         finally:
             self.inflight.discard(sandbox_id)
+            self.stopping.discard(sandbox_id)
         log.info("sandbox_stopped_by_server", sandbox_id=sandbox_id, reason=reason)
         return True
 
@@ -401,11 +480,21 @@ class SandboxService:
         """Set a running sandbox's remaining lifetime."""
         await to_thread.run_sync(self.running, actor, sandbox_id, Scope.sandboxes_write)
         info = await self.require_runner().set_timeout(sandbox_id, req)
-        wire, _ = await to_thread.run_sync(
-            lambda: self._transition(sandbox_id, SandboxState.running, only_from=(), info=info)
-        )
-        assert wire is not None
-        return wire
+
+        def store() -> Sandbox:
+            with self.db.session() as s:
+                s.execute(
+                    update(_SANDBOXES)
+                    .where(
+                        _SANDBOXES.c.id == sandbox_id,
+                        _SANDBOXES.c.state == SandboxState.running.value,
+                    )
+                    .values(created_at=info.created_at, expires_at=info.expires_at)
+                )
+                s.commit()
+            return self._wire(sandbox_id)
+
+        return await to_thread.run_sync(store)
 
     def get_network(self, session: Session, actor: Principal, sandbox_id: str) -> NetworkPolicy:
         """The sandbox's egress policy (an empty policy when it has only loopback)."""
@@ -447,10 +536,17 @@ class SandboxService:
         if event.state is SandboxState.creating:
             return False
         only_from: tuple[str, ...] = ACTIVE
+        if event.state.value in TERMINAL and event.sandbox_id in self.stopping:
+            return False
         if event.state is SandboxState.running:
+            if event.sandbox_id in self.live or event.sandbox_id in self.inflight:
+                return False  # this process has recorded it, or is about to (with its times)
             only_from = (SandboxState.creating.value,)
-        _, moved = self._transition(
-            event.sandbox_id, event.state, only_from=only_from, reason=event.reason, at=event.at
+        moved = (
+            self._transition(
+                event.sandbox_id, event.state, only_from=only_from, reason=event.reason, at=event.at
+            )
+            is not None
         )
         if moved:
             log.info("sandbox_state", sandbox_id=event.sandbox_id, state=event.state.value)
@@ -477,7 +573,17 @@ class SandboxService:
                 )
             )
 
+    def record_running(self, info: SandboxInfo) -> bool:
+        """A `creating` row whose sandbox the runner has running moves to `running` with the
+        runner's times (reconciler); True if it moved."""
+        moved = self._transition(
+            info.sandbox_id,
+            SandboxState.running,
+            only_from=(SandboxState.creating.value,),
+            info=info,
+        )
+        return moved is not None
+
     def settle(self, sandbox_id: str, state: SandboxState, reason: str) -> bool:
         """Force a row into a terminal state (reconciler); True if it moved."""
-        _, moved = self._transition(sandbox_id, state, reason=reason)
-        return moved
+        return self._transition(sandbox_id, state, reason=reason) is not None

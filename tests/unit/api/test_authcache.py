@@ -56,6 +56,19 @@ def test_a_lookup_that_raced_a_change_is_not_cached() -> None:
     assert disabled.get("h") is None
 
 
+def test_every_cache_on_one_database_is_cleared_by_a_commit(svc: Services) -> None:
+    # Several caches may watch one session factory (apps sharing a Database); one commit that
+    # writes an auth table must clear each of them, not just the first to notice.
+    caches = [PrincipalCache(60.0, svc.clock) for _ in range(3)]
+    for cache in caches:
+        cache.watch(svc.db.sessions)
+        cache.put("h", _principal(), None, cache.generation)
+    with svc.db.session() as s:
+        s.execute(update(UserRow).values(name="renamed"))
+        s.commit()
+    assert [cache.get("h") for cache in caches] == [None, None, None]
+
+
 def test_changes_through_this_process_apply_to_the_next_request(
     client: Client, world: World, svc: Services
 ) -> None:

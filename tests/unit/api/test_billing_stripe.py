@@ -146,6 +146,9 @@ def test_usage_meter_events_and_invoices_and_payment_outcomes(stripe_env: Any) -
     assert june.external_id is not None and june.status == "finalized"
     assert f"/v1/invoices/{june.external_id}/finalize" in calls.paths()
 
+    # With a card on file the team is admitted, and admitted from memory for a few seconds
+    # (billing.ADMIT_FOR); a payment failure ends that at once.
+    assert client.post("/v1/sandboxes", headers=world.owner.h, json={}).status_code == 201
     failed = event("invoice.payment_failed", {"id": june.external_id, "customer": customer})
     assert post_hook(client, failed, sign(failed, SECRET)).status_code == 200
     assert account(svc, world.team_id).state == "past_due"

@@ -56,14 +56,29 @@ def test_interrupted_create_fails_and_inflight_work_is_left_alone(
 ) -> None:
     principal = _principal(svc, world)
     # Two rows stuck in `creating` (as after a crash between commit and runner call).
-    crashed = svc.sandboxes._admit(principal, SandboxCreate())
+    crashed = svc.sandboxes._admit(principal, SandboxCreate()).id
     svc.sandboxes.inflight.discard(crashed)
-    busy = svc.sandboxes._admit(principal, SandboxCreate())  # still in flight in this process
+    busy = svc.sandboxes._admit(principal, SandboxCreate()).id  # still in flight in this process
     report = client.run(svc.reconciler.reconcile_once())
     assert report.failed == [crashed]
     got = _get(client, world, crashed)
     assert (got["state"], got["end_reason"]) == ("failed", "create was interrupted")
     assert _get(client, world, busy)["state"] == "creating"
+
+
+def test_create_the_runner_finished_but_nobody_recorded_becomes_running(
+    client: Client, world: World, runner: LiveRunner, svc: Services
+) -> None:
+    # The row is `creating` and this process is no longer creating it (the request was
+    # cancelled, or its last write failed), while the runner has the sandbox running. The
+    # runner's own event was skipped as the create's to record.
+    sid = svc.sandboxes._admit(_principal(svc, world), SandboxCreate()).id
+    runner.orphan(sid)
+    svc.sandboxes.inflight.discard(sid)
+    report = client.run(svc.reconciler.reconcile_once())
+    assert report.running == [sid] and report.killed == [] and report.failed == []
+    assert _get(client, world, sid)["state"] == "running"
+    assert sid in runner.sandbox_ids()
 
 
 def test_stuck_stopping_is_finished(

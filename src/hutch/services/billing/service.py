@@ -49,6 +49,10 @@ RETENTION = timedelta(days=7 * 366)  # seven years, leap days included
 REPORT_BATCH = 500
 PAYMENT_FAILED = "past_due"
 PURGE_EVERY = timedelta(days=1)
+# How long a team's admission stands without reading its balance again. Only a team with a
+# payment method, or with more than the low-balance threshold left, is admitted from memory: at
+# the default prices, using up the threshold within this time takes thousands of sandboxes.
+ADMIT_FOR = timedelta(seconds=5)
 CLOSE_EVERY = timedelta(minutes=10)
 
 
@@ -110,6 +114,7 @@ class BillingService:
         self.pseudonym_key = pseudonym_key
         self._purged_at: datetime | None = None
         self._closed_at: datetime | None = None
+        self._admitted: dict[str, datetime] = {}  # team → until when creates need no check
 
     # --- events ---
 
@@ -128,13 +133,19 @@ class BillingService:
         """Refuse a new live sandbox when credit is used up and no payment method is on file."""
         if not self.enforce or actor.mode is Mode.test:
             return
+        now = self.clock.now()
+        if now < self._admitted.get(actor.team_id, now):
+            return
         with self.db.session() as s:
             account = self.credits.ensure_account(s, actor.team_id)
             s.commit()
             if has_payment_method(account):
+                self._admit_for(actor.team_id, now)
                 return
             ledger = self.credits.ledger(s, actor.team_id)
-        if ledger.balance_micros <= 0:
+        if ledger.balance_micros > self.low_balance_micros:
+            self._admit_for(actor.team_id, now)
+        elif ledger.balance_micros <= 0:
             why = (
                 "the team's last payment failed"
                 if account.state == PAYMENT_FAILED
@@ -146,6 +157,11 @@ class BillingService:
                 f"{why}; add a payment method (POST /v1/billing/payment-method, or "
                 "`hutch billing setup`) or ask an administrator for credit",
             )
+
+    def _admit_for(self, team_id: str, now: datetime) -> None:
+        if len(self._admitted) >= 10_000:  # forget the expired ones
+            self._admitted = {t: u for t, u in self._admitted.items() if u > now}
+        self._admitted[team_id] = now + ADMIT_FOR
 
     # --- enforcement ---
 
@@ -366,6 +382,8 @@ class BillingService:
             else:
                 return False
             s.commit()
+            # After the commit: a create checking meanwhile reads the new state or is forgotten.
+            self._admitted.pop(account.team_id, None)
             return True
 
     @staticmethod

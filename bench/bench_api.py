@@ -1,8 +1,9 @@
 """API benchmark: the SDK end to end through `hutch serve`, against the runner directly.
 
 Measures SDK create → first exec (`true`) and the same on the runner socket in the same run,
-exec `true` through the SDK, creates/s with 16 concurrent SDK clients, and GET sandbox
-requests/s. Run as root: `.venv/bin/python -m bench.bench_api`.
+exec `true` through the SDK, creates/s with 16 concurrent SDK clients (and 16 concurrent
+clients on the runner socket, the ceiling on this machine), and GET sandbox requests/s.
+Run as root: `.venv/bin/python -m bench.bench_api`.
 """
 
 from __future__ import annotations
@@ -103,6 +104,21 @@ def main(n: int) -> None:
                 await c.kill(sb.sandbox_id)
             return out, execs
 
+        async def direct_concurrent(total: int) -> float:
+            # 16 clients at once on the runner socket: the ceiling for the API's creates/s.
+            async with RunnerClient(data / "runner.sock") as c:
+                gate = asyncio.Semaphore(16)
+
+                async def one() -> str:
+                    async with gate:
+                        return (await c.create(RunnerCreate())).sandbox_id
+
+                t = time.perf_counter()
+                ids = await asyncio.gather(*[one() for _ in range(total)])
+                rate = total / (time.perf_counter() - t)
+                await asyncio.gather(*[c.kill(i) for i in ids])
+            return rate
+
         created, direct_execs = asyncio.run(direct())
         base = summary("runner socket: create → first exec(true)", created)
         exec_base = summary("runner socket: exec(true)", direct_execs)
@@ -132,6 +148,7 @@ def main(n: int) -> None:
         for sb in sandboxes:
             sb.kill()
         total = max(64, n * 2)
+        extra["runner_creates_per_s_16_clients"] = round(asyncio.run(direct_concurrent(total)), 1)
         t = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
             made = list(pool.map(lambda _: Sandbox.create(**kw), range(total)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,8 @@ from fastapi import FastAPI
 from hutch import __version__
 from hutch.api import errors
 from hutch.api.billing_wiring import build_billing
-from hutch.api.deps import Services
+from hutch.api.deps import Services, cached_principal
+from hutch.api.fast_exec import FastExec
 from hutch.api.host_router import HostRouter
 from hutch.api.metrics import Metrics
 from hutch.api.middleware import RequestMiddleware
@@ -145,7 +147,7 @@ def build_services(
     )
     keys_svc = KeyService(pepper, clock, admin_log)
     ports_svc = PortService(db, sandboxes_svc, keys_svc, PortTokens(port_secret(pepper), clock))
-    return Services(
+    services = Services(
         settings=settings,
         db=db,
         clock=clock,
@@ -171,6 +173,8 @@ def build_services(
         ports=ports_svc,
         port_proxy=PortProxy(ports_svc, sandboxes_svc.require_runner),
     )
+    services.port_proxy.cached_key = functools.partial(cached_principal, services)
+    return services
 
 
 def create_app(
@@ -215,6 +219,8 @@ def create_app(
     routers = (system, users, teams, projects, keys, sandboxes, sandbox_proxy, templates)
     for module in (*routers, ports, billing, audit, admin, privacy, secrets):
         app.include_router(module.router)
+    if settings.fast_exec:
+        app.add_middleware(FastExec, services=lambda: svc)
     app.add_middleware(HostRouter, domain=settings.public_domain, proxy=lambda: svc.port_proxy)
     app.add_middleware(RequestMiddleware, metrics=svc.metrics, usage=svc.usage_log)
     return app

@@ -72,7 +72,11 @@ class Services:
     port_proxy: PortProxy
 
 
-def services(conn: HTTPConnection) -> Services:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in a worker
+# thread, a hop that costs more than the work.
+
+
+async def services(conn: HTTPConnection) -> Services:
     """The app's services."""
     svc: Services = conn.app.state.services
     return svc
@@ -110,6 +114,11 @@ def authenticate(svc: Services, key: str | None) -> Principal:
         return svc.keys.authenticate(s, key)
 
 
+def cached_principal(svc: Services, key: str) -> Principal | None:
+    """The caller behind `key` if the principal cache knows it (no database round trip)."""
+    return svc.auth_cache.get(svc.keys.hash(key))
+
+
 async def resolve_key(svc: Services, key: str | None) -> Principal:
     """The caller behind `key`: from the short-lived cache, else from the database."""
     if key:
@@ -140,7 +149,12 @@ Actor = Annotated[Principal, Depends(principal)]
 Svc = Annotated[Services, Depends(services)]
 
 
-SourceIP = Annotated[str | None, Depends(client_ip)]
+async def source_ip(conn: HTTPConnection) -> str | None:
+    """`client_ip` as a dependency."""
+    return client_ip(conn)
+
+
+SourceIP = Annotated[str | None, Depends(source_ip)]
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,7 @@ class PageParams:
     cursor: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[
         int, Query(ge=LIMIT_MIN, le=LIMIT_MAX, description="Items per page")
     ] = LIMIT_DEFAULT,

@@ -61,6 +61,21 @@ def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def invalid_response(exc: RequestValidationError, request: Request) -> JSONResponse:
+    """422 problem+json naming every bad field and what it allows."""
+    errors = field_errors(list(exc.errors()))
+    where = ", ".join(e["field"] or "body" for e in errors)
+    err = HutchError(ErrorCode.invalid_request, f"the request is not valid: {where}", errors=errors)
+    return problem_response(err, request)
+
+
+def crash_response(exc: Exception, request: Request) -> JSONResponse:
+    """500 problem+json for an unexpected failure (logged by type and route only)."""
+    log.error("unhandled_error", error=type(exc).__name__, path=_route_of(request))
+    err = HutchError(ErrorCode.internal, "internal error; it has been logged")
+    return problem_response(err, request)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into problem+json."""
 
@@ -70,12 +85,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = field_errors(list(exc.errors()))
-        where = ", ".join(e["field"] or "body" for e in errors)
-        err = HutchError(
-            ErrorCode.invalid_request, f"the request is not valid: {where}", errors=errors
-        )
-        return problem_response(err, request)
+        return invalid_response(exc, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -88,9 +98,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", error=type(exc).__name__, path=_route_of(request))
-        err = HutchError(ErrorCode.internal, "internal error; it has been logged")
-        return problem_response(err, request)
+        return crash_response(exc, request)
 
 
 def _route_of(request: Request) -> str:

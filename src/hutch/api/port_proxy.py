@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from hutch.api.errors import PROBLEM_JSON
 from hutch.api.upstream import TunnelPool, UpstreamBroken, exchange
 from hutch.models.common import ErrorCode, HutchError
+from hutch.services.permissions import Principal
 from hutch.services.ports import Access, PortService
 from hutch.services.runner_port import PortStream, RunnerPort
 
@@ -211,9 +213,17 @@ def _unreachable(target: Target, why: str) -> HutchError:
 class PortProxy:
     """Serves proxied requests for the path route and the host route alike."""
 
-    def __init__(self, ports: PortService, runner: Callable[[], RunnerPort]) -> None:
+    def __init__(
+        self,
+        ports: PortService,
+        runner: Callable[[], RunnerPort],
+        cached_key: Callable[[str], Principal | None] | None = None,
+    ) -> None:
         self.ports = ports
         self.runner = runner
+        # The API's principal cache: a proxied request with a recently used key needs no key
+        # lookup (on a miss the access decision looks it up, only if the port is not public).
+        self.cached_key = cached_key
         self.pool = TunnelPool(runner)
 
     async def aclose(self) -> None:
@@ -224,8 +234,11 @@ class PortProxy:
         headers = Headers(scope=scope)
         tokens, explicit = presented_tokens(scope, headers)
         key = hutch_key(headers)
+        actor = self.cached_key(key) if key is not None and self.cached_key else None
         access = await anyio.to_thread.run_sync(
-            self.ports.authorize, target.sandbox_id, target.port, key, tokens
+            functools.partial(
+                self.ports.authorize, target.sandbox_id, target.port, key, tokens, actor=actor
+            )
         )
         if access.key_id:
             scope.setdefault("state", {})["key_id"] = access.key_id

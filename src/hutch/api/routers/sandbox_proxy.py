@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.deps import (
     EXEC_BODY_MAX,
     Actor,
+    Services,
     Svc,
     key_prefix,
     presented_key,
@@ -36,6 +37,7 @@ from hutch.models.exec import (
     StdinRequest,
 )
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo, check_sandbox_path
+from hutch.services.permissions import Principal
 from hutch.services.runner_port import RunnerPort, RunnerSocket
 from hutch.services.suspensions import refuse_if_suspended
 
@@ -56,6 +58,11 @@ async def _check(svc: Svc, actor: Actor, sandbox_id: str, scope: Scope) -> Runne
     return svc.sandboxes.require_runner()
 
 
+async def check_writer(svc: Services, actor: Principal, sandbox_id: str) -> RunnerPort:
+    """The runner, once the caller may change this running sandbox (raises otherwise)."""
+    return await _check(svc, actor, sandbox_id, Scope.sandboxes_write)
+
+
 async def reader(sandbox_id: SandboxId, actor: Actor, svc: Svc) -> RunnerPort:
     """The runner, once the caller may read this running sandbox."""
     return await _check(svc, actor, sandbox_id, Scope.sandboxes_read)
@@ -70,7 +77,7 @@ Reader = Annotated[RunnerPort, Depends(reader)]
 Writer = Annotated[RunnerPort, Depends(writer)]
 
 
-def sandbox_path(
+async def sandbox_path(
     path: Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")],
 ) -> str:
     """A `path` query parameter: absolute, no NUL."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import structlog
@@ -11,11 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hutch.models.common import ErrorCode, HutchError, Problem
+from hutch.models.common import ErrorCode, HutchError, Problem, field_errors
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("hutch.api")
-_QUOTED = re.compile(r"'([^']*)'")
 
 _HTTP_CODES = {
     401: ErrorCode.unauthenticated,
@@ -35,30 +33,6 @@ def problem_response(err: HutchError, request: Request | None = None) -> JSONRes
         headers=err.headers or None,
         media_type=PROBLEM_JSON,
     )
-
-
-def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors as problem `errors`: where, what, and what is allowed. Never the input
-    itself: it may be a secret (an environment value, a key)."""
-    out = []
-    for e in errors:
-        loc = [p for p in e.get("loc", ()) if isinstance(p, str | int)]
-        item: dict[str, Any] = {
-            "loc": loc,
-            "field": ".".join(str(p) for p in loc[1:]) or (str(loc[0]) if loc else ""),
-            "msg": e.get("msg", "invalid"),
-            "type": e.get("type", "invalid"),
-        }
-        ctx = {
-            k: v for k, v in (e.get("ctx") or {}).items() if isinstance(v, str | int | float | bool)
-        }
-        if "expected" in ctx and isinstance(ctx["expected"], str):
-            choices = _QUOTED.findall(ctx["expected"])
-            item["allowed"] = choices or ctx["expected"]
-        elif ctx:
-            item["allowed"] = ctx
-        out.append(item)
-    return out
 
 
 def invalid_response(exc: RequestValidationError, request: Request) -> JSONResponse:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hutch.sdk.config import ENV_API_KEY, ENV_API_URL, ConnectionConfig
-from hutch.sdk.exceptions import HutchSDKError
+from hutch.sdk.exceptions import HutchSDKError, InvalidRequestError
 
 ApiUrl = Annotated[
     str | None,
@@ -95,6 +95,18 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 for fe in e.errors:
                     loc = ".".join(str(p) for p in fe.get("loc", []))
                     con.print(f"  {loc}: {fe.get('msg', '')}")
+            # Refused by the SDK before anything was sent: a usage error, like bad options.
+            local = isinstance(e, InvalidRequestError) and e.status is None
+            raise typer.Exit(EXIT_USAGE if local else EXIT_ERROR) from None
+        except OSError as e:
+            # A local file (cp's source or destination, a --stdin that cannot be read).
+            where = f": {e.filename}" if e.filename else ""
+            detail = f"{e.strerror or e}{where}"
+            if as_json:
+                payload = {"error": {"code": "local_error", "status": None, "detail": detail}}
+                typer.echo(json.dumps(payload), err=True)
+            else:
+                err_console().print("error: " + detail, markup=False, style="red")
             raise typer.Exit(EXIT_ERROR) from None
         except (ValidationError, ValueError) as e:
             # Local validation (sizes, env names, paths) before anything was sent.

@@ -3,8 +3,10 @@ modules)."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -37,6 +39,8 @@ LIST_COLUMNS = (
     "metadata",
 )
 EXIT_TIMEOUT = 124  # what timeout(1) returns, so shell scripts can tell
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
+STDIN_CHUNK = 64 * 1024
 
 
 def _connect(sandbox_id: str, api_url: str | None, api_key: str | None) -> Sandbox:
@@ -177,15 +181,17 @@ def exec(
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE")] = None,
     user: Annotated[str, typer.Option(help="user or root.")] = "user",
     timeout: Annotated[float, typer.Option(help="Seconds before it is killed (0: none).")] = 60,
-    stdin: Annotated[bool, typer.Option("--stdin", help="Send this terminal's stdin.")] = False,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Stream this stdin to the command.")
+    ] = False,
     api_url: c.ApiUrl = None,
     api_key: c.ApiKey = None,
     json_out: c.Json = False,
 ) -> None:
     """Run a command; its output streams here and its exit code becomes ours. Options go
-    before the sandbox id (like `docker exec`); everything after it is the command."""
+    before the sandbox id (like `docker exec`); everything after it is the command. Without
+    --stdin the command reads end-of-input; Ctrl-C kills it."""
     envs = c.parse_kv(env, "--env")
-    text_in = sys.stdin.read() if stdin else None
     sb = _connect(sandbox_id, api_url, api_key)
 
     def out(s: str) -> None:
@@ -197,16 +203,20 @@ def exec(
         sys.stderr.flush()
 
     try:
-        result: CommandResult = sb.commands.run(
-            command_string(cmd),
-            envs=envs,
-            cwd=cwd,
-            user=user,
-            timeout=timeout,
-            stdin=text_in,
-            on_stdout=None if json_out else out,
-            on_stderr=None if json_out else err,
-        )
+        if stdin:
+            result = _run_with_stdin(
+                sb, command_string(cmd), envs, cwd, user, timeout, None if json_out else (out, err)
+            )
+        else:
+            result = sb.commands.run(
+                command_string(cmd),
+                envs=envs,
+                cwd=cwd,
+                user=user,
+                timeout=timeout,
+                on_stdout=None if json_out else out,
+                on_stderr=None if json_out else err,
+            )
     except CommandExitException as e:
         result = e.result
     except CommandTimeoutError as e:
@@ -215,11 +225,56 @@ def exec(
         else:
             c.err_console().print(f"[red]error:[/red] {e.detail} ({e.code})")
         raise typer.Exit(EXIT_TIMEOUT) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         sb.close()
     if json_out:
         c.print_json(result)
     raise typer.Exit(result.exit_code)
+
+
+def _run_with_stdin(
+    sb: Sandbox,
+    cmd: str,
+    envs: dict[str, str],
+    cwd: str | None,
+    user: str,
+    timeout: float,
+    echo: tuple[Callable[[str], None], Callable[[str], None]] | None,
+) -> CommandResult:
+    """Run `cmd` with this process's stdin streamed to it as it is read (binary-safe), then
+    end-of-input; the command dies if we are interrupted."""
+    on_out, on_err = echo or (None, None)
+    handle = sb.commands.run(
+        cmd,
+        background=True,
+        envs=envs,
+        cwd=cwd,
+        user=user,
+        timeout=timeout,
+        on_stdout=on_out or _discard,
+        on_stderr=on_err,
+    )
+    try:
+        # read1: what is there now (a terminal line, a pipe's chunk), not a full buffer.
+        read = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
+        while chunk := read(STDIN_CHUNK):
+            if handle.done:
+                break
+            handle.send_stdin(chunk)
+        if not handle.done:
+            handle.close_stdin()
+        return handle.wait()
+    except BaseException:
+        if handle.exit_code is None:
+            with contextlib.suppress(Exception):
+                handle.kill()
+        raise
+
+
+def _discard(_: str) -> None:
+    return None
 
 
 @app.command()

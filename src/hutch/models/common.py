@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -186,3 +187,30 @@ class HutchError(Exception):
             instance=instance,
             errors=self.errors,
         )
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors as problem `errors`: where, what, and what is allowed. Never the input
+    itself: it may be a secret (an environment value, a key)."""
+    out = []
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if isinstance(p, str | int)]
+        item: dict[str, Any] = {
+            "loc": loc,
+            "field": ".".join(str(p) for p in loc[1:]) or (str(loc[0]) if loc else ""),
+            "msg": e.get("msg", "invalid"),
+            "type": e.get("type", "invalid"),
+        }
+        ctx = {
+            k: v for k, v in (e.get("ctx") or {}).items() if isinstance(v, str | int | float | bool)
+        }
+        if "expected" in ctx and isinstance(ctx["expected"], str):
+            choices = _QUOTED.findall(ctx["expected"])
+            item["allowed"] = choices or ctx["expected"]
+        elif ctx:
+            item["allowed"] = ctx
+        out.append(item)
+    return out

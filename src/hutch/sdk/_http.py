@@ -16,9 +16,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
-from hutch.sdk.config import ConnectionConfig, tls_context
+from hutch.sdk.config import ENV_API_KEY, ConnectionConfig, tls_context
 from hutch.sdk.exceptions import (
     APIConnectionError,
+    AuthenticationError,
     HutchSDKError,
     RequestTimeoutError,
     error_from_problem,
@@ -49,6 +50,8 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     idempotent: bool = True
     timeout: float | Literal["default"] | None = DEFAULT
+    # A floor under the timeout, for calls the server may take long to answer.
+    min_timeout: float | None = None
 
 
 def no_content(method: str, path: str, **kw: Any) -> Call[None]:
@@ -88,17 +91,31 @@ def transport_error(e: httpx.HTTPError, config: ConnectionConfig) -> HutchSDKErr
         return RequestTimeoutError(
             "the request timed out; pass a larger request_timeout= if the operation is slow"
         )
+    if isinstance(e, httpx.LocalProtocolError):
+        # Its text may quote a header, and headers carry the key.
+        return APIConnectionError("the request could not be sent: a header is not valid HTTP")
     return APIConnectionError(f"cannot reach the Hutch API at {config.api_url}: {e}")
 
 
-def raise_for_problem(resp: httpx.Response, body: bytes) -> None:
+def raise_for_problem(
+    resp: httpx.Response, body: bytes, config: ConnectionConfig | None = None
+) -> None:
     """Raise the typed exception of an error response."""
     if resp.is_error:
-        raise error_from_problem(resp.status_code, body, dict(resp.headers))
+        err = error_from_problem(resp.status_code, body, dict(resp.headers))
+        if isinstance(err, AuthenticationError) and config is not None and not config.api_key:
+            err.detail += (
+                f"; set {ENV_API_KEY} or pass api_key= (hutch serve writes an admin key to "
+                "DATA_DIR/admin-key)"
+            )
+        raise err
 
 
 def _timeout(call: Call[Any], config: ConnectionConfig) -> float | None:
-    return config.request_timeout if call.timeout == DEFAULT else call.timeout
+    timeout = config.request_timeout if call.timeout == DEFAULT else call.timeout
+    if timeout is not None and call.min_timeout is not None:
+        return max(timeout, call.min_timeout)
+    return timeout
 
 
 def _request_kwargs(call: Call[Any], config: ConnectionConfig) -> dict[str, Any]:
@@ -144,7 +161,7 @@ class SyncHttp:
             if delay is not None:
                 time.sleep(delay)
                 continue
-            raise_for_problem(resp, resp.content)
+            raise_for_problem(resp, resp.content, self.config)
             return call.parse(resp)
 
     @contextmanager
@@ -159,7 +176,7 @@ class SyncHttp:
             raise transport_error(e, self.config) from e
         try:
             if resp.is_error:
-                raise_for_problem(resp, resp.read())
+                raise_for_problem(resp, resp.read(), self.config)
             yield resp
         finally:
             resp.close()
@@ -201,7 +218,7 @@ class AsyncHttp:
             if delay is not None:
                 await asyncio.sleep(delay)
                 continue
-            raise_for_problem(resp, resp.content)
+            raise_for_problem(resp, resp.content, self.config)
             return call.parse(resp)
 
     @asynccontextmanager
@@ -216,7 +233,7 @@ class AsyncHttp:
             raise transport_error(e, self.config) from e
         try:
             if resp.is_error:
-                raise_for_problem(resp, await resp.aread())
+                raise_for_problem(resp, await resp.aread(), self.config)
             yield resp
         finally:
             await resp.aclose()

@@ -3,14 +3,24 @@ so the sync and async classes are thin shells that only do I/O."""
 
 from __future__ import annotations
 
+import functools
+import posixpath
 import uuid
-from typing import Any
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
-from hutch.models.common import ExecUser, IsolationClass, SandboxState
+from hutch.models.common import (
+    SANDBOX_USER_HOME,
+    ExecUser,
+    IsolationClass,
+    SandboxState,
+    field_errors,
+)
 from hutch.models.exec import ExecRequest, ExecResult, ProcessInfo, SignalRequest, StdinRequest
 from hutch.models.files import Exists, FileInfo, MakeDir, Rename, WriteInfo
 from hutch.models.network import NetworkPolicy
@@ -18,14 +28,65 @@ from hutch.models.ports import PortInfo, PortToken, PortTokenRequest, PortUpdate
 from hutch.models.privacy import check_secret_refs
 from hutch.models.sandbox import SandboxSpec, SandboxStats, SetTimeout
 from hutch.sdk._http import Call, no_content
+from hutch.sdk.exceptions import HutchSDKError, InvalidRequestError
 from hutch.sdk.types import SandboxInfo, SandboxPage
 
 # Extra time the HTTP request gets beyond a command's own timeout, so the server can answer
 # "timed out" before the client gives up on the connection.
 EXEC_GRACE_S = 15.0
+# How long a create may take: the server waits up to 120 s for the runner, plus margin.
+CREATE_WAIT_S = 150.0
 
 _processes = TypeAdapter(list[ProcessInfo])
 _file_infos = TypeAdapter(list[FileInfo])
+
+P = ParamSpec("P")
+R = TypeVar("R")
+E = TypeVar("E", bound=StrEnum)
+
+
+def checked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Arguments are validated here, before any network: a mistake raises InvalidRequestError
+    naming the argument and what it allows (as the server's 422 would), never a bare pydantic
+    error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as e:
+            errors = field_errors([{**d, "loc": ("args", *d["loc"])} for d in e.errors()])
+            names = ", ".join(sorted({d["field"] or "arguments" for d in errors}))
+            for d in errors:
+                d["loc"] = d["loc"][1:]  # the argument, as the server's loc names the field
+            raise InvalidRequestError(f"invalid {names}", errors=errors) from None
+        except HutchSDKError:
+            raise
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+
+    return wrapper
+
+
+def choice(kind: type[E], value: E | str, name: str) -> E:
+    """`value` as a member of `kind`, or InvalidRequestError listing the allowed values."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = [m.value for m in kind]
+        must = f"must be one of {', '.join(allowed)}"
+        raise InvalidRequestError(
+            f"{name} {must} (got {value!r})",
+            errors=[{"loc": [name], "field": name, "msg": must, "allowed": allowed}],
+        ) from None
+
+
+def sandbox_file(path: str, user: ExecUser | str = ExecUser.user) -> str:
+    """A sandbox path; a relative one is taken from the user's home directory (as in e2b)."""
+    if path.startswith("/"):
+        return path
+    home = "/root" if choice(ExecUser, user, "user") is ExecUser.root else SANDBOX_USER_HOME
+    return posixpath.join(home, path)
 
 
 def _json(resp: httpx.Response) -> Any:
@@ -52,6 +113,7 @@ def idempotency_headers(key: str | None = None) -> dict[str, str]:
 # --- sandboxes ---
 
 
+@checked
 def create_sandbox(
     *,
     template: str,
@@ -69,7 +131,7 @@ def create_sandbox(
     """POST /v1/sandboxes; validated locally first so mistakes fail before any network."""
     spec = SandboxSpec(
         template=template,
-        isolation=IsolationClass(isolation),
+        isolation=choice(IsolationClass, isolation, "isolation"),
         vcpu=vcpu,
         memory_mb=memory_mb,
         disk_mb=disk_mb,
@@ -89,6 +151,9 @@ def create_sandbox(
         _model(SandboxInfo),
         json=body,
         headers=idempotency_headers(idempotency_key),
+        # The server may wait this long for a sandbox to start (a cold template, a busy host):
+        # a client giving up sooner would leave a sandbox it does not know about.
+        min_timeout=CREATE_WAIT_S,
     )
 
 
@@ -97,6 +162,7 @@ def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
     return Call("GET", sbx_path(sandbox_id), _model(SandboxInfo))
 
 
+@checked
 def list_sandboxes(
     *,
     state: SandboxState | str | None = None,
@@ -107,7 +173,7 @@ def list_sandboxes(
     """GET /v1/sandboxes, one page."""
     params: list[tuple[str, str]] = []
     if state is not None:
-        params.append(("state", SandboxState(state).value))
+        params.append(("state", choice(SandboxState, state, "state").value))
     for k, v in (metadata or {}).items():
         params.append((f"metadata.{k}", v))
     if limit is not None:
@@ -122,6 +188,7 @@ def kill_sandbox(sandbox_id: str) -> Call[None]:
     return no_content("DELETE", sbx_path(sandbox_id))
 
 
+@checked
 def set_timeout(sandbox_id: str, timeout: int) -> Call[SandboxInfo]:
     """POST /v1/sandboxes/{id}/timeout."""
     body = SetTimeout(timeout_s=timeout).model_dump()
@@ -145,6 +212,7 @@ def set_network(sandbox_id: str, policy: NetworkPolicy) -> Call[SandboxInfo]:
     )
 
 
+@checked
 def network_policy(
     *,
     allow_domains: list[str] | None = None,
@@ -166,17 +234,20 @@ def network_policy(
 # --- ports ---
 
 
+@checked
 def port_info(sandbox_id: str, port: int) -> Call[PortInfo]:
     """GET /v1/sandboxes/{id}/ports/{port}: access setting and URLs."""
     return Call("GET", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo))
 
 
+@checked
 def set_port(sandbox_id: str, port: int, public: bool) -> Call[PortInfo]:
     """PUT /v1/sandboxes/{id}/ports/{port}."""
     body = PortUpdate(public=public).model_dump()
     return Call("PUT", sbx_path(sandbox_id, f"/ports/{int(port)}"), _model(PortInfo), json=body)
 
 
+@checked
 def port_token(sandbox_id: str, port: int, expires_in: int) -> Call[PortToken]:
     """POST /v1/sandboxes/{id}/ports/{port}/token (validated locally first)."""
     body = PortTokenRequest(expires_in=expires_in).model_dump()
@@ -200,6 +271,7 @@ def port_url(info: PortInfo | PortToken, path: str, routing: str) -> str:
 # --- commands ---
 
 
+@checked
 def exec_request(
     cmd: str | list[str],
     *,
@@ -217,7 +289,7 @@ def exec_request(
         cmd=cmd,
         env=dict(envs or {}),
         cwd=cwd,
-        user=ExecUser(user),
+        user=choice(ExecUser, user, "user"),
         stdin=stdin,
         timeout_s=timeout or None,
         background=background,
@@ -259,6 +331,7 @@ def list_processes(sandbox_id: str) -> Call[list[ProcessInfo]]:
     )
 
 
+@checked
 def signal_process(sandbox_id: str, pid: int, signal: int = 9) -> Call[None]:
     """POST /processes/{pid}/signal (SIGKILL by default)."""
     return no_content(
@@ -268,9 +341,16 @@ def signal_process(sandbox_id: str, pid: int, signal: int = 9) -> Call[None]:
     )
 
 
+@checked
 def send_stdin(sandbox_id: str, pid: int, data: str | bytes, eof: bool = False) -> Call[None]:
     """POST /processes/{pid}/stdin. Not replayed: input must not arrive twice."""
-    text = data.decode() if isinstance(data, bytes) else data
+    try:
+        text = data.decode() if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise InvalidRequestError(
+            "stdin sent over HTTP must be UTF-8 text; send binary input over the command's "
+            "stream (a handle from commands.connect(pid))"
+        ) from None
     return no_content(
         "POST",
         sbx_path(sandbox_id, f"/processes/{pid}/stdin"),
@@ -290,14 +370,16 @@ def wait_process(sandbox_id: str, pid: int) -> Call[ExecResult]:
 
 
 def _path(path: str) -> tuple[tuple[str, str], ...]:
-    return (("path", path),)
+    return (("path", sandbox_file(path)),)
 
 
+@checked
 def read_file(sandbox_id: str, path: str) -> Call[bytes]:
     """GET /files (downloads may be long: bounded by the idle read timeout, not a total)."""
     return Call("GET", sbx_path(sandbox_id, "/files"), lambda r: r.content, params=_path(path))
 
 
+@checked
 def write_file(sandbox_id: str, path: str, user: ExecUser | str = ExecUser.user) -> Call[WriteInfo]:
     """PUT /files with a raw (possibly streamed) body. A re-upload of the same bytes gives the
     same result, so buffered bodies may be replayed; streamed ones never are."""
@@ -305,12 +387,13 @@ def write_file(sandbox_id: str, path: str, user: ExecUser | str = ExecUser.user)
         "PUT",
         sbx_path(sandbox_id, "/files"),
         _model(WriteInfo),
-        params=(("path", path), ("user", ExecUser(user).value)),
+        params=(("path", sandbox_file(path, user)), ("user", choice(ExecUser, user, "user").value)),
         headers={"Content-Type": "application/octet-stream"},
         timeout=None,
     )
 
 
+@checked
 def list_dir(sandbox_id: str, path: str, depth: int = 1) -> Call[list[FileInfo]]:
     """GET /files/list."""
     if depth < 1:
@@ -319,15 +402,17 @@ def list_dir(sandbox_id: str, path: str, depth: int = 1) -> Call[list[FileInfo]]
         "GET",
         sbx_path(sandbox_id, "/files/list"),
         lambda r: _file_infos.validate_json(r.content),
-        params=(("path", path), ("depth", str(depth))),
+        params=(("path", sandbox_file(path)), ("depth", str(depth))),
     )
 
 
+@checked
 def stat(sandbox_id: str, path: str) -> Call[FileInfo]:
     """GET /files/stat."""
     return Call("GET", sbx_path(sandbox_id, "/files/stat"), _model(FileInfo), params=_path(path))
 
 
+@checked
 def exists(sandbox_id: str, path: str) -> Call[bool]:
     """GET /files/exists."""
     return Call(
@@ -338,15 +423,19 @@ def exists(sandbox_id: str, path: str) -> Call[bool]:
     )
 
 
+@checked
 def make_dir(sandbox_id: str, path: str, user: ExecUser | str = ExecUser.user) -> Call[FileInfo]:
     """POST /files/mkdir (mkdir -p)."""
-    body = MakeDir(path=path, user=ExecUser(user)).model_dump(mode="json")
+    body = MakeDir(path=sandbox_file(path, user), user=choice(ExecUser, user, "user")).model_dump(
+        mode="json"
+    )
     return Call("POST", sbx_path(sandbox_id, "/files/mkdir"), _model(FileInfo), json=body)
 
 
+@checked
 def rename(sandbox_id: str, src: str, dst: str, overwrite: bool = False) -> Call[FileInfo]:
     """POST /files/rename. Not replayed: a second attempt would find `src` gone."""
-    body = Rename(src=src, dst=dst, overwrite=overwrite).model_dump()
+    body = Rename(src=sandbox_file(src), dst=sandbox_file(dst), overwrite=overwrite).model_dump()
     return Call(
         "POST",
         sbx_path(sandbox_id, "/files/rename"),
@@ -356,9 +445,10 @@ def rename(sandbox_id: str, src: str, dst: str, overwrite: bool = False) -> Call
     )
 
 
+@checked
 def remove(sandbox_id: str, path: str, recursive: bool = True) -> Call[None]:
     """DELETE /files."""
-    params = (("path", path), ("recursive", "true" if recursive else "false"))
+    params = (("path", sandbox_file(path)), ("recursive", "true" if recursive else "false"))
     return no_content("DELETE", sbx_path(sandbox_id, "/files"), params=params)
 
 

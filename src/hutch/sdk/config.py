@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import threading
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ DEFAULT_API_URL = "http://127.0.0.1:8787"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 ENV_API_URL = "HUTCH_API_URL"
 ENV_API_KEY = "HUTCH_API_KEY"
+_KEY_CHARS = re.compile(r"[A-Za-z0-9_]+")
 ENV_REQUEST_TIMEOUT = "HUTCH_REQUEST_TIMEOUT"
 
 _tls_lock = threading.Lock()
@@ -85,9 +87,16 @@ class ConnectionConfig:
                 raise ValueError(
                     f"{ENV_REQUEST_TIMEOUT}={raw!r} is not a number of seconds"
                 ) from None
+        key = (api_key or env.get(ENV_API_KEY) or "").strip() or None
+        if key is not None and not _KEY_CHARS.fullmatch(key):
+            # Never echo the key: a message lands in logs and tracebacks.
+            raise ValueError(
+                f"the API key (api_key= or {ENV_API_KEY}) has characters no key has: keys look "
+                "like sk_live_… or sk_test_… (letters, digits and underscores)"
+            )
         return cls(
             api_url=url.rstrip("/"),
-            api_key=api_key or env.get(ENV_API_KEY) or None,
+            api_key=key,
             request_timeout=DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout,
         )
 

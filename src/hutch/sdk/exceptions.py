@@ -103,8 +103,9 @@ class CommandTimeoutError(HutchTimeoutError):
         self.result = result
 
 
-class InvalidRequestError(HutchSDKError):
-    """The request was refused as invalid; `.errors` lists the fields at fault."""
+class InvalidRequestError(HutchSDKError, ValueError):
+    """The request was refused as invalid (by the server, or by the SDK before sending it);
+    `.errors` lists the fields at fault and what they allow."""
 
     default_code = ErrorCode.invalid_request
 

@@ -21,12 +21,13 @@ import pytest
 from tests.integration.sdk.server import Server
 
 pytestmark = pytest.mark.slow
+CLI = (sys.executable, "-m", "hutch.cli.main")
 
 
 def hutch(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI with the environment the `api` fixture set."""
     return subprocess.run(
-        [sys.executable, "-m", "hutch.cli.main", *args],
+        [*CLI, *args],
         capture_output=True,
         text=True,
         input=input,
@@ -71,6 +72,55 @@ def test_exec_streams_and_returns_the_exit_code(sandbox_id: str) -> None:
     assert r.stdout.strip() == "5"
     r = hutch("sandbox", "exec", "--json", sandbox_id, "echo hi")
     assert json.loads(r.stdout)["stdout"] == "hi\n" and json.loads(r.stdout)["exit_code"] == 0
+    # Without --stdin the command reads end-of-input at once (as `docker exec` without -i).
+    r = hutch("sandbox", "exec", "--timeout", "20", sandbox_id, "wc -l")
+    assert (r.returncode, r.stdout.strip()) == (0, "0"), r.stderr
+
+
+def test_exec_streams_binary_stdin(sandbox_id: str) -> None:
+    data = bytes(range(256)) * 1024 + b"\xff\x00"
+    r = subprocess.run(
+        [*CLI, "sandbox", "exec", "--stdin", sandbox_id, "sha256sum"],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_ctrl_c_ends_the_command_in_the_sandbox(sandbox_id: str) -> None:
+    # The shell and its child both name this duration: neither may survive.
+    secs = f"600.{os.getpid()}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hutch.cli.main",
+            "sandbox",
+            "exec",
+            sandbox_id,
+            f"echo started; sleep {secs}; true",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    # (the pattern does not match its own command line)
+    count = f"grep -l '{secs[:-1]}[{secs[-1]}]' /proc/[0-9]*/cmdline | wc -l"
+    deadline = time.monotonic() + 20
+    while (left := hutch("sandbox", "exec", sandbox_id, count).stdout.strip()) != "0":
+        assert time.monotonic() < deadline, f"{left} processes still running"
+        time.sleep(0.2)
 
 
 def test_cp_round_trip(sandbox_id: str, tmp_path: Path) -> None:
@@ -87,6 +137,13 @@ def test_cp_round_trip(sandbox_id: str, tmp_path: Path) -> None:
     r = hutch("sandbox", "cp", f"{sandbox_id}:/tmp/missing", str(tmp_path / "m"))
     assert r.returncode == 1 and "file_not_found" in r.stderr
     assert not (tmp_path / "m").exists()
+    # Local files that are not there: a one-line error, not a traceback.
+    r = hutch("sandbox", "cp", str(tmp_path / "absent"), f"{sandbox_id}:/tmp/")
+    assert r.returncode == 1 and "No such file or directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    r = hutch("sandbox", "cp", f"{sandbox_id}:/tmp/data.bin", str(tmp_path / "no" / "dir" / "x"))
+    assert r.returncode == 1 and "No such file or directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_template_ls_asks_the_api(api: Server) -> None:

@@ -103,6 +103,32 @@ async def run_commands(sb: Any, cls: type[Any]) -> None:
     )
     assert r.stdout == "first\nsecond\n" and "".join(got) == r.stdout
 
+    # Streamed or not, a command that reads stdin gets end-of-input (it would hang until its
+    # timeout otherwise), and given stdin arrives whole.
+    got.clear()
+    r = await aw(sb.commands.run("cat; echo done", on_stdout=got.append, timeout=10))
+    assert r.stdout == "done\n" and "".join(got) == "done\n"
+    r = await aw(sb.commands.run("tr a-z A-Z", stdin="shout", on_stdout=got.append, timeout=10))
+    assert r.stdout == "SHOUT"
+
+
+async def callback_error_kills_the_command(sb: Any, cls: type[Any]) -> None:
+    """A callback that raises ends the call and the command with it: nothing keeps running
+    in the sandbox for a caller that has gone."""
+    tag = uuid.uuid4().hex
+
+    def boom(chunk: str) -> None:
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        await aw(sb.commands.run(f"echo {tag}; exec sleep 600", on_stdout=boom, timeout=700))
+
+    async def sleeper_gone() -> bool:
+        procs = await aw(sb.commands.list())
+        return not any(p.running and p.cmd[-1].startswith(f"echo {tag}") for p in procs)
+
+    await poll(sleeper_gone, "the command to be killed")
+
 
 async def files_roundtrip(sb: Any, cls: type[Any]) -> None:
     """Text, bytes, listing, stat, rename, mkdir, remove and the typed not-found error."""
@@ -127,6 +153,10 @@ async def files_roundtrip(sb: Any, cls: type[Any]) -> None:
     # What the files API wrote is what commands see, and the other way round.
     await aw(sb.commands.run("printf from-shell > /tmp/shell.txt"))
     assert await aw(sb.files.read("/tmp/shell.txt")) == "from-shell"
+    # A relative path is in the user's home, as in a shell there.
+    await aw(sb.files.write("notes/rel.txt", "relative"))
+    assert (await aw(sb.commands.run("cat notes/rel.txt"))).stdout == "relative"
+    assert await aw(sb.files.read("/home/user/notes/rel.txt")) == "relative"
 
 
 def big_file(path: Path, mb: int = BIG_MB) -> str:
@@ -214,6 +244,16 @@ async def pty_session(sb: Any, cls: type[Any]) -> None:
     await aw(term.resize(PtySize(cols=100, rows=30)))
     await aw(term.send_stdin(b"stty size\n"))
     await poll(lambda: b"30 100" in data, "stty to report the new size")
+    # By pid, as in e2b: through this object's terminal, and from another connection.
+    await aw(sb.pty.send_stdin(term.pid, b"echo $((7*7))\n"))
+    await poll(lambda: b"49" in data, "the shell to answer 49")
+    other = await aw(cls.connect(sb.sandbox_id))
+    try:
+        await aw(other.pty.resize(term.pid, PtySize(cols=90, rows=20)))
+        await aw(other.pty.send_stdin(term.pid, b"stty size\n"))
+        await poll(lambda: b"20 90" in data, "stty to report the size set by pid")
+    finally:
+        await aw(other.close())
     await aw(term.send_stdin(b"exit 5\n"))
     result = await aw(term.wait())
     assert result.exit_code == 5
@@ -264,13 +304,14 @@ async def typed_errors(cls: type[Any]) -> None:
         await aw(cls.connect("sbx_" + "0" * 26))
     assert e.value.code == "sandbox_not_found" and e.value.status == 404
     with pytest.raises(AuthenticationError) as a:
-        await aw(cls.create(api_key="sk_test_not-a-real-key"))
+        await aw(cls.create(api_key="sk_test_notARealKey"))
     assert a.value.status == 401
     assert isinstance(a.value, HutchSDKError)
 
 
 IN_SANDBOX: dict[str, Scenario] = {
     "commands": run_commands,
+    "callback error": callback_error_kills_the_command,
     "files": files_roundtrip,
     "background": background_and_reconnect,
     "pty": pty_session,

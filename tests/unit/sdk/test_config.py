@@ -52,3 +52,11 @@ def test_backoff_grows_and_is_capped() -> None:
     assert [p.delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 1.5, 1.5]
     assert p.delay(1, retry_after=0.2) == 0.2
     assert p.delay(1, retry_after=60) == 1.5
+
+
+def test_key_is_trimmed_and_checked_without_being_echoed() -> None:
+    assert ConnectionConfig.resolve(api_key=" sk_live_abc\n", environ={}).api_key == "sk_live_abc"
+    assert ConnectionConfig.resolve(environ={"HUTCH_API_KEY": "  "}).api_key is None
+    with pytest.raises(ValueError, match="HUTCH_API_KEY") as e:
+        ConnectionConfig.resolve(api_key="sk_live_SECRET part", environ={})
+    assert "SECRET" not in str(e.value)

@@ -15,6 +15,7 @@ from hutch.sdk._http import AsyncHttp, SyncHttp
 from hutch.sdk.config import ConnectionConfig, RetryPolicy
 from hutch.sdk.exceptions import (
     APIConnectionError,
+    AuthenticationError,
     SandboxNotFoundError,
     ServiceUnavailableError,
 )
@@ -151,3 +152,33 @@ def test_async_shell_maps_problems_too() -> None:
             await http.close()
 
     asyncio.run(go())
+
+
+def test_a_missing_key_is_explained_and_header_errors_never_quote_the_key() -> None:
+    problem = {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "code": "unauthenticated",
+        "detail": "no API key",
+    }
+
+    def unauthorized(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json=problem)
+
+    keyless = ConnectionConfig("http://hutch.test", None, 5, RetryPolicy(1, 0, 0))
+    http = SyncHttp(
+        keyless, httpx.Client(transport=httpx.MockTransport(unauthorized), base_url=keyless.api_url)
+    )
+    with pytest.raises(AuthenticationError, match="set HUTCH_API_KEY or pass api_key="):
+        http.send(_ops.get_sandbox("sbx_1"))
+    with pytest.raises(AuthenticationError) as e:
+        _sync(httpx.MockTransport(unauthorized)).send(_ops.get_sandbox("sbx_1"))
+    assert "HUTCH_API_KEY" not in str(e.value)  # a key was sent: the hint would mislead
+
+    def refuses_header(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer sk_live_SECRET\\n'")
+
+    with pytest.raises(APIConnectionError) as c:
+        _sync(httpx.MockTransport(refuses_header)).send(_ops.get_sandbox("sbx_1"))
+    assert "SECRET" not in str(c.value)

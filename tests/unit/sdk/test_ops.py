@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from pydantic import ValidationError
 
 from hutch.sdk import _ops
+from hutch.sdk._http import _timeout
+from hutch.sdk.config import ConnectionConfig
+from hutch.sdk.exceptions import InvalidRequestError
 
 
 def _create(**kw: object) -> _ops.Call[object]:
@@ -62,7 +64,7 @@ def test_create_names_secrets_only() -> None:
     ],
 )
 def test_invalid_create_fails_locally(bad: dict[str, object]) -> None:
-    with pytest.raises((ValidationError, ValueError)):
+    with pytest.raises(InvalidRequestError):
         _create(**bad)
 
 
@@ -99,8 +101,8 @@ def test_paths_are_quoted_and_files_params() -> None:
     assert rm.method == "DELETE" and rm.params == (("path", "/tmp/x y"), ("recursive", "false"))
     w = _ops.write_file("sbx_1", "/f", "root")
     assert w.params == (("path", "/f"), ("user", "root")) and w.timeout is None
-    with pytest.raises(ValidationError):
-        _ops.rename("sbx_1", "relative", "/b")
+    with pytest.raises(InvalidRequestError):
+        _ops.rename("sbx_1", "/a\0b", "/b")  # no NUL in paths
     with pytest.raises(ValueError):
         _ops.list_dir("sbx_1", "/", depth=0)
     assert not _ops.send_stdin("sbx_1", 3, b"hi").idempotent
@@ -115,5 +117,53 @@ def test_create_with_network_policy_and_update() -> None:
     put = _ops.set_network("sbx_1", policy)
     assert put.method == "PUT" and put.path == "/v1/sandboxes/sbx_1/network"
     assert put.json == policy.model_dump()
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         _ops.network_policy(allow_cidrs=["10.1.0.1/16"])  # host bits set
+
+
+def test_local_mistakes_are_sdk_errors_naming_what_is_allowed() -> None:
+    with pytest.raises(InvalidRequestError) as e:
+        _create(isolation="vm")
+    assert e.value.status is None  # refused before sending
+    assert e.value.errors == [
+        {
+            "loc": ["isolation"],
+            "field": "isolation",
+            "msg": "must be one of namespace, gvisor",
+            "allowed": ["namespace", "gvisor"],
+        }
+    ]
+    assert "'vm'" in str(e.value)
+    with pytest.raises(InvalidRequestError) as e:
+        _create(vcpu=0)
+    assert [x["field"] for x in e.value.errors] == ["vcpu"] and "vcpu" in str(e.value)
+    assert "pydantic" not in str(e.value)
+    with pytest.raises(InvalidRequestError, match="user must be one of root, user"):
+        _ops.exec_request("true", user="bob")
+    with pytest.raises(InvalidRequestError, match="cmd"):
+        _ops.exec_request([])
+    with pytest.raises(InvalidRequestError, match="state must be one of"):
+        _ops.list_sandboxes(state="sleeping")
+    with pytest.raises(InvalidRequestError, match="UTF-8"):
+        _ops.send_stdin("sbx_1", 3, b"\xff")
+    with pytest.raises(ValueError):  # still a ValueError for code that catches that
+        _ops.list_dir("sbx_1", "/", depth=0)
+
+
+def test_relative_paths_are_in_the_users_home() -> None:
+    assert _ops.stat("sbx_1", "a/b.txt").params == (("path", "/home/user/a/b.txt"),)
+    assert _ops.write_file("sbx_1", "x", "root").params == (("path", "/root/x"), ("user", "root"))
+    assert _ops.rename("sbx_1", "a", "/tmp/b").json == {
+        "src": "/home/user/a",
+        "dst": "/tmp/b",
+        "overwrite": False,
+    }
+    assert _ops.read_file("sbx_1", "/etc/hostname").params == (("path", "/etc/hostname"),)
+
+
+def test_create_waits_as_long_as_the_server_may() -> None:
+    call = _create()
+    assert _timeout(call, ConnectionConfig(request_timeout=30)) == _ops.CREATE_WAIT_S
+    assert _timeout(call, ConnectionConfig(request_timeout=600)) == 600
+    assert _timeout(call, ConnectionConfig(request_timeout=None)) is None
+    assert _timeout(_ops.get_sandbox("sbx_1"), ConnectionConfig(request_timeout=30)) == 30

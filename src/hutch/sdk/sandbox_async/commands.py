@@ -25,6 +25,21 @@ async def _call(cb: Callable[[Any], object], value: str | bytes) -> None:
         await r
 
 
+_DETACHED: set[asyncio.Future[Any]] = set()
+
+
+def _detach(task: asyncio.Future[Any]) -> None:
+    """Let `task` finish on its own (kept referenced; its failure is not reported)."""
+    _DETACHED.add(task)
+
+    def done(t: asyncio.Future[Any]) -> None:
+        _DETACHED.discard(t)
+        if not t.cancelled():
+            t.exception()
+
+    task.add_done_callback(done)
+
+
 class AsyncCommandHandle:
     """A running command: `async for` its output, `await wait()`, `await kill()`..."""
 
@@ -242,7 +257,17 @@ class AsyncCommands:
                 await handle.start_pump(on_stdout, on_stderr)
             return handle
         if on_stdout or on_stderr:
-            return await (await self._stream(req)).wait(on_stdout, on_stderr)
+            handle = await self._stream(req)
+            try:
+                if req.stdin is None:  # as without callbacks: the command reads end-of-input
+                    await handle.close_stdin()
+                return await handle.wait(on_stdout, on_stderr)
+            except BaseException:
+                # Cancelled, or a callback raised: the command dies with the call. The kill is a
+                # task of its own so that it is sent even while this one is being cancelled.
+                if handle.exit_code is None:
+                    _detach(asyncio.ensure_future(handle.kill()))
+                raise
         rt = self._http.config.request_timeout if request_timeout is None else request_timeout
         result = await self._http.send(_ops.exec_call(self._sandbox_id, req, rt))
         return check_result(CommandResult.from_exec(result))

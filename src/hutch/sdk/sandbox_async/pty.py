@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from hutch.models.exec import PtySize
 from hutch.sdk import _frames, _ops
 from hutch.sdk._http import AsyncHttp
@@ -40,6 +42,8 @@ class AsyncPty:
     def __init__(self, sandbox_id: str, http: AsyncHttp) -> None:
         self._sandbox_id = sandbox_id
         self._http = http
+        # Terminals this object opened, so send_stdin/resize by pid reuse their stream.
+        self._open: weakref.WeakValueDictionary[int, AsyncPtyHandle] = weakref.WeakValueDictionary()
 
     async def create(
         self,
@@ -66,6 +70,7 @@ class AsyncPty:
         handle = AsyncPtyHandle(self._sandbox_id, stream.pid, self._http, stream, pty=True)
         if on_data is not None:
             await handle.start_pump(on_pty=on_data)
+        self._open[handle.pid] = handle
         return handle
 
     async def connect(self, pid: int, on_data: OnBytes | None = None) -> AsyncPtyHandle:
@@ -76,7 +81,32 @@ class AsyncPty:
         handle = AsyncPtyHandle(self._sandbox_id, pid, self._http, stream, pty=True)
         if on_data is not None:
             await handle.start_pump(on_pty=on_data)
+        self._open[handle.pid] = handle
         return handle
+
+    async def send_stdin(self, pid: int, data: str | bytes) -> None:
+        """Type into terminal `pid` (as `handle.send_stdin`)."""
+        handle = self._open.get(pid)
+        if handle is not None:
+            await handle.send_stdin(data)
+            return
+        handle = await self.connect(pid)
+        try:
+            await handle.send_stdin(data)
+        finally:
+            await handle.disconnect()
+
+    async def resize(self, pid: int, size: PtySize) -> None:
+        """Give terminal `pid` a new size (as `handle.resize`)."""
+        handle = self._open.get(pid)
+        if handle is not None:
+            await handle.resize(size)
+            return
+        handle = await self.connect(pid)
+        try:
+            await handle.resize(size)
+        finally:
+            await handle.disconnect()
 
     async def kill(self, pid: int) -> bool:
         """SIGKILL the terminal's process; False if it was already gone."""

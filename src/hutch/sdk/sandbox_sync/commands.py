@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Literal, overload
@@ -248,7 +249,17 @@ class Commands:
                 handle.start_pump(on_stdout, on_stderr)
             return handle
         if on_stdout or on_stderr:
-            return self._stream(req).wait(on_stdout, on_stderr)
+            handle = self._stream(req)
+            try:
+                if req.stdin is None:  # as without callbacks: the command reads end-of-input
+                    handle.close_stdin()
+                return handle.wait(on_stdout, on_stderr)
+            except BaseException:
+                # Interrupted, or a callback raised: the command dies with the call.
+                if handle.exit_code is None:
+                    with contextlib.suppress(Exception):
+                        handle.kill()
+                raise
         rt = self._http.config.request_timeout if request_timeout is None else request_timeout
         result = self._http.send(_ops.exec_call(self._sandbox_id, req, rt))
         return check_result(CommandResult.from_exec(result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from hutch.models.exec import PtySize
 from hutch.sdk import _frames, _ops
 from hutch.sdk._http import SyncHttp
@@ -47,6 +49,8 @@ class Pty:
     def __init__(self, sandbox_id: str, http: SyncHttp) -> None:
         self._sandbox_id = sandbox_id
         self._http = http
+        # Terminals this object opened, so send_stdin/resize by pid reuse their stream.
+        self._open: weakref.WeakValueDictionary[int, PtyHandle] = weakref.WeakValueDictionary()
 
     def create(
         self,
@@ -73,6 +77,7 @@ class Pty:
         handle = PtyHandle(self._sandbox_id, stream.pid, self._http, stream, pty=True)
         if on_data is not None:
             handle.start_pump(on_pty=on_data)
+        self._open[handle.pid] = handle
         return handle
 
     def connect(self, pid: int, on_data: OnBytes | None = None) -> PtyHandle:
@@ -83,7 +88,32 @@ class Pty:
         handle = PtyHandle(self._sandbox_id, pid, self._http, stream, pty=True)
         if on_data is not None:
             handle.start_pump(on_pty=on_data)
+        self._open[handle.pid] = handle
         return handle
+
+    def send_stdin(self, pid: int, data: str | bytes) -> None:
+        """Type into terminal `pid` (as `handle.send_stdin`)."""
+        handle = self._open.get(pid)
+        if handle is not None:
+            handle.send_stdin(data)
+            return
+        handle = self.connect(pid)
+        try:
+            handle.send_stdin(data)
+        finally:
+            handle.disconnect()
+
+    def resize(self, pid: int, size: PtySize) -> None:
+        """Give terminal `pid` a new size (as `handle.resize`)."""
+        handle = self._open.get(pid)
+        if handle is not None:
+            handle.resize(size)
+            return
+        handle = self.connect(pid)
+        try:
+            handle.resize(size)
+        finally:
+            handle.disconnect()
 
     def kill(self, pid: int) -> bool:
         """SIGKILL the terminal's process; False if it was already gone."""

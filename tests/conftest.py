@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -119,3 +121,52 @@ def database(_shared_database):  # type: ignore[no-untyped-def]
         ]
     assert not left, f"tables not emptied: {left}"
     return _shared_database
+
+
+# --- nothing a test starts may outlive the run ---
+
+_INITS_AT_START = pytest.StashKey[set[int]]()
+
+
+def _sandbox_inits() -> set[int]:
+    """PIDs of sandbox init processes (each is one sandbox) on this host."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/comm") as f:
+                    if f.read().strip() == "hutch-init":
+                        found.add(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_INITS_AT_START] = _sandbox_inits()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if sandboxes started during it are still there: a test, or the code it
+    tests, left one behind. They are killed so the next run starts clean."""
+    before = session.config.stash.get(_INITS_AT_START, set())
+    deadline = time.monotonic() + 10  # kills issued at teardown may still be landing
+    while (leaked := _sandbox_inits() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not leaked:
+        return
+    names = []
+    for pid in sorted(leaked):
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                groups = [line.rsplit("/", 1)[-1].strip() for line in f if "/sbx_" in line]
+            names.append(groups[0] if groups else str(pid))
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"{len(leaked)} sandbox(es) outlived the tests that started them: {names}", red=True
+        )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

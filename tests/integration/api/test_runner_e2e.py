@@ -27,6 +27,12 @@ def full_server(database, tmp_path: Path):  # type: ignore[no-untyped-def]
     s = start_server(database, tmp_path, ready_timeout=900)
     yield s
     if s.proc.poll() is None:
+        # Sandboxes outlive their runner by design (a restarted one adopts them): kill what the
+        # test left running, or it stays on the host with nothing to time it out.
+        with httpx.Client(base_url=s.url, headers=s.admin_headers(), timeout=120) as c:
+            running = c.get("/v1/sandboxes", params={"state": "running"}).json()["items"]
+            for sbx in running:
+                c.delete(f"/v1/sandboxes/{sbx['sandbox_id']}")
         s.stop()
 
 
@@ -69,6 +75,8 @@ def test_exec_stream_through_the_real_runner(full_server: Server) -> None:
         assert ws.recv() == b"\x01ping\n"
         ws.send(json.dumps({"type": "close_stdin"}))
         assert json.loads(ws.recv())["type"] == "exit"
+    r = httpx.delete(f"{full_server.url}/v1/sandboxes/{sbx['sandbox_id']}", headers=h, timeout=60)
+    assert r.status_code == 204
 
 
 def test_a_secret_reaches_the_sandbox_env_and_nothing_else(full_server: Server, database) -> None:  # type: ignore[no-untyped-def]

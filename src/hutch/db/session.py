@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# anyio's default worker-thread limit: no more sessions than that are ever open at once.
+SQLITE_POOL_SIZE = 40
 
 
 def normalize_url(url: str) -> str:
@@ -130,6 +132,10 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Sessions hop between the event loop and worker threads (never concurrently).
             kwargs["connect_args"] = {"check_same_thread": False}
+            # As many kept connections as requests may use at once (one per worker thread):
+            # with the default five, concurrent requests open and close overflow connections
+            # all the time, each paying for a new file handle and its pragmas.
+            kwargs |= {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
         self.engine: Engine = create_engine(self.url, **kwargs)
         self.write_lock: SQLiteWriteLock | None = None
         if self.dialect == "sqlite":

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hutch.db.models import IdempotencyRow
@@ -19,6 +19,17 @@ from hutch.services.clock import Clock
 TTL = timedelta(hours=24)
 _IDEMPOTENCY = cast(Table, IdempotencyRow.__table__)
 MAX_KEY_LEN = 255
+
+# The hot statements, built once: building a statement costs more than running it.
+_c = _IDEMPOTENCY.c
+# (bind names differ from column names: UPDATE reserves those for its SET values)
+_MINE = (_c.scope == bindparam("p_scope")) & (_c["key"] == bindparam("p_key"))
+_FIND = select(_c.request_hash, _c.status, _c.body, _c.created_at).where(_MINE)
+_FORGET = delete(_IDEMPOTENCY).where(_MINE)
+_CLAIM = insert(_IDEMPOTENCY)
+_RECORD = (
+    update(_IDEMPOTENCY).where(_MINE).values(status=bindparam("p_status"), body=bindparam("p_body"))
+)
 
 
 @dataclass(frozen=True)
@@ -54,14 +65,12 @@ class IdempotencyService:
     def begin(self, scope: str, key: str, fingerprint: str) -> Stored | None:
         """Claim `key` for this request, or return the response to replay; 409 on misuse."""
         now = self.clock.now()
-        c = _IDEMPOTENCY.c
-        mine = (c.scope == scope) & (c["key"] == key)
-        with self.db.session() as s:
-            row = s.execute(
-                select(c.request_hash, c.status, c.body, c.created_at).where(mine)
-            ).first()
+        mine = {"p_scope": scope, "p_key": key}
+        # Core on a connection: these run on every create, and an ORM session adds nothing.
+        with self.db.engine.begin() as conn:
+            row = conn.execute(_FIND, mine).first()
             if row is not None and row.created_at + TTL <= now:
-                s.execute(delete(_IDEMPOTENCY).where(mine))
+                conn.execute(_FORGET, mine)
                 row = None
             if row is not None:
                 if row.request_hash != fingerprint:
@@ -73,12 +82,10 @@ class IdempotencyService:
                     raise _conflict("a request with this Idempotency-Key is still in progress")
                 return Stored(row.status, row.body)
             try:
-                s.execute(
-                    insert(_IDEMPOTENCY).values(
-                        scope=scope, key=key, request_hash=fingerprint, created_at=now
-                    )
+                conn.execute(
+                    _CLAIM,
+                    {"scope": scope, "key": key, "request_hash": fingerprint, "created_at": now},
                 )
-                s.commit()
             except IntegrityError:
                 raise _conflict(
                     "a request with this Idempotency-Key is still in progress"
@@ -87,24 +94,16 @@ class IdempotencyService:
 
     def complete(self, scope: str, key: str, stored: Stored) -> None:
         """Record the first response."""
-        with self.db.session() as s:
-            c = _IDEMPOTENCY.c  # Core, on the table: no ORM bulk-update machinery
-            s.execute(
-                update(_IDEMPOTENCY)
-                .where(c.scope == scope, c["key"] == key)
-                .values(status=stored.status, body=stored.body)
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                _RECORD,
+                {"p_scope": scope, "p_key": key, "p_status": stored.status, "p_body": stored.body},
             )
-            s.commit()
 
     def abandon(self, scope: str, key: str) -> None:
         """Forget a claim whose request failed, so a retry runs again."""
-        with self.db.session() as s:
-            s.execute(
-                delete(IdempotencyRow).where(
-                    IdempotencyRow.scope == scope, IdempotencyRow.key == key
-                )
-            )
-            s.commit()
+        with self.db.engine.begin() as conn:
+            conn.execute(_FORGET, {"p_scope": scope, "p_key": key})
 
     def purge(self) -> int:
         """Delete records older than the retention window; returns how many."""

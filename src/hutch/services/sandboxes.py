@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import structlog
 from anyio import to_thread
-from sqlalchemy import Table, exists, func, insert, select, update
+from sqlalchemy import Table, bindparam, exists, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
@@ -43,6 +43,59 @@ _SANDBOX_OWNERS = cast(Table, SandboxOwnerRow.__table__)
 
 ACTIVE = (SandboxState.creating.value, SandboxState.running.value, SandboxState.stopping.value)
 TERMINAL = (SandboxState.stopped.value, SandboxState.failed.value)
+
+
+# Statements of the create path, built once (building one costs more than running it); bind
+# names differ from column names, which INSERT and UPDATE reserve for their values.
+def _state_in(states: Sequence[str]) -> Any:
+    """`state IN ('a', 'b')` with the states written into the SQL: they are constants, and an
+    IN list of bound values is expanded anew at every run."""
+    assert all(st in SandboxState._value2member_map_ for st in states)
+    return _SANDBOXES.c.state.in_([literal_column(f"'{st}'") for st in states])
+
+
+_LOCK_PROJECT = (
+    select(ProjectRow.id).where(ProjectRow.id == bindparam("p_project")).with_for_update()
+)
+_COUNT_ACTIVE = (
+    select(func.count())
+    .select_from(_SANDBOXES)
+    .where(
+        _SANDBOXES.c.project_id == bindparam("p_project"),
+        _state_in(ACTIVE),
+    )
+)
+_GET_SANDBOX = select(_SANDBOXES).where(
+    _SANDBOXES.c.id == bindparam("p_id"),
+    _SANDBOXES.c.project_id == bindparam("p_project"),
+    _SANDBOXES.c.mode == bindparam("p_mode"),
+)
+_GET_METADATA = select(_SANDBOX_METADATA.c.key, _SANDBOX_METADATA.c.value).where(
+    _SANDBOX_METADATA.c.sandbox_id == bindparam("p_id")
+)
+_INSERT_SANDBOX = insert(_SANDBOXES)
+_INSERT_METADATA = insert(_SANDBOX_METADATA)
+_INSERT_OWNER = insert(_SANDBOX_OWNERS)
+_TRANSITIONS: dict[tuple[tuple[str, ...], tuple[str, ...], bool], Any] = {}
+
+
+def _transition_stmt(allowed: tuple[str, ...], columns: tuple[str, ...], tenant: bool) -> Any:
+    """`UPDATE sandboxes SET <columns> WHERE id = :p_id AND state IN <allowed> [AND tenant]
+    RETURNING project_id, mode`, built once per shape."""
+    shape = (allowed, columns, tenant)
+    stmt = _TRANSITIONS.get(shape)
+    if stmt is None:
+        c = _SANDBOXES.c
+        stmt = update(_SANDBOXES).where(c.id == bindparam("p_id"), _state_in(allowed))
+        if tenant:
+            stmt = stmt.where(c.project_id == bindparam("p_project"), c.mode == bindparam("p_mode"))
+        stmt = stmt.values({col: bindparam(f"v_{col}") for col in columns}).returning(
+            c.project_id, c.mode
+        )
+        _TRANSITIONS[shape] = stmt  # a handful of shapes: one per state and the columns it sets
+    return stmt
+
+
 QUOTA_RETRY_AFTER_S = 5
 LIVE_MAX = 100_000  # ids remembered as running (about 10 MB at most)
 # Decrypts named project secrets for a key as {ENV_NAME: value}; values live in memory only.
@@ -59,23 +112,60 @@ class Limits:
 
 def to_wire(row: SandboxRow) -> Sandbox:
     """The API view of a sandbox row."""
+    values = {col: getattr(row, col) for col in _WIRE_COLUMNS}
+    return wire_of(values, {m.key: m.value for m in row.meta})
+
+
+_WIRE_COLUMNS = (
+    "id",
+    "project_id",
+    "mode",
+    "template",
+    "isolation",
+    "vcpu",
+    "memory_mb",
+    "disk_mb",
+    "state",
+    "created_at",
+    "expires_at",
+    "ended_at",
+    "end_reason",
+    "network",
+)
+
+
+def wire_of(v: Mapping[Any, Any], metadata: dict[str, str]) -> Sandbox:
+    """The API view of a sandbox from its column values."""
+    network = v["network"]
     return Sandbox(
-        sandbox_id=row.id,
-        project_id=row.project_id,
-        mode=Mode(row.mode),
-        template=row.template,
-        isolation=IsolationClass(row.isolation),
-        vcpu=row.vcpu,
-        memory_mb=row.memory_mb,
-        disk_mb=row.disk_mb,
-        state=SandboxState(row.state),
-        metadata={m.key: m.value for m in row.meta},
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        ended_at=row.ended_at,
-        end_reason=row.end_reason,
-        network=NetworkPolicy.model_validate(row.network) if row.network is not None else None,
+        sandbox_id=v["id"],
+        project_id=v["project_id"],
+        mode=Mode(v["mode"]),
+        template=v["template"],
+        isolation=IsolationClass(v["isolation"]),
+        vcpu=v["vcpu"],
+        memory_mb=v["memory_mb"],
+        disk_mb=v["disk_mb"],
+        state=SandboxState(v["state"]),
+        metadata=metadata,
+        created_at=v["created_at"],
+        expires_at=v["expires_at"],
+        ended_at=v["ended_at"],
+        end_reason=v["end_reason"],
+        network=NetworkPolicy.model_validate(network) if network is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A sandbox row as its create stored it."""
+
+    values: dict[str, Any]
+    metadata: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return str(self.values["id"])
 
 
 def sandbox_not_found(sandbox_id: str) -> HutchError:
@@ -131,7 +221,15 @@ class SandboxService:
     def get(self, session: Session, actor: Principal, sandbox_id: str) -> Sandbox:
         """One sandbox of the caller's project and mode."""
         actor.require(Scope.sandboxes_read)
-        return to_wire(self._row(session, actor, sandbox_id))
+        # Core on the session's connection: loading an ORM object (and its metadata through
+        # the relationship) costs several times the two indexed reads.
+        conn = session.connection()
+        params = {"p_id": sandbox_id, "p_project": actor.project_id, "p_mode": actor.mode.value}
+        row = conn.execute(_GET_SANDBOX, params).mappings().first()
+        if row is None:
+            raise sandbox_not_found(sandbox_id)
+        meta = conn.execute(_GET_METADATA, params).all()
+        return wire_of(row, {k: v for k, v in sorted(meta)})
 
     def running(self, actor: Principal, sandbox_id: str, scope: Scope) -> SandboxRow:
         """Tenancy and state check before proxying to the runner: the row if it is running."""
@@ -199,7 +297,7 @@ class SandboxService:
 
     def _admit_with_env(
         self, actor: Principal, spec: SandboxCreate
-    ) -> tuple[SandboxRow, dict[str, str]]:
+    ) -> tuple[Admitted, dict[str, str]]:
         """Guards, then the environment (secrets decrypted only for an admitted account, and
         before anything is persisted: an unknown name leaves nothing behind), then quota and
         the `creating` row. One worker-thread hop for all of it."""
@@ -208,21 +306,18 @@ class SandboxService:
         env = self._env(actor, spec)
         return self._admit(actor, spec), env
 
-    def _admit(self, actor: Principal, spec: SandboxCreate) -> SandboxRow:
-        """Check quota and persist the `creating` row (returned detached, fully loaded)."""
+    def _admit(self, actor: Principal, spec: SandboxCreate) -> Admitted:
+        """Check quota and persist the `creating` row; returns what was stored."""
         now = self.clock.now()
         # Suspension is read with the key, like every other property of the caller: at once
         # after a change through this process, within the principal cache's TTL otherwise.
         refuse_if_suspended(actor.suspended)
-        with self._quota_lock, self.db.session() as s:
-            s.execute(
-                select(ProjectRow.id).where(ProjectRow.id == actor.project_id).with_for_update()
-            )
-            active = s.scalar(
-                select(func.count())
-                .select_from(SandboxRow)
-                .where(SandboxRow.project_id == actor.project_id, SandboxRow.state.in_(ACTIVE))
-            )
+        project = {"p_project": actor.project_id}
+        # Core on a connection: the ORM session adds nothing to these statements.
+        with self._quota_lock, self.db.engine.begin() as conn:
+            if self.db.dialect != "sqlite":  # SQLite has one writer and no row locks
+                conn.execute(_LOCK_PROJECT, project)
+            active = conn.execute(_COUNT_ACTIVE, project).scalar()
             if (active or 0) >= self.limits.max_concurrent:
                 raise HutchError(
                     ErrorCode.quota_exceeded,
@@ -251,26 +346,23 @@ class SandboxService:
             # interrupted create.
             self.inflight.add(sid)
             try:
-                # Core INSERTs: no unit of work or ORM bulk machinery for rows nobody changes.
-                s.execute(insert(_SANDBOXES), values)
+                conn.execute(_INSERT_SANDBOX, values)
                 if spec.metadata:
-                    s.execute(
-                        insert(_SANDBOX_METADATA),
+                    conn.execute(
+                        _INSERT_METADATA,
                         [
                             {"sandbox_id": sid, "key": k, "value": v}
                             for k, v in spec.metadata.items()
                         ],
                     )
-                s.execute(insert(_SANDBOX_OWNERS), {"sandbox_id": sid, "user_id": actor.user_id})
-                s.commit()
+                conn.execute(_INSERT_OWNER, {"sandbox_id": sid, "user_id": actor.user_id})
             except BaseException:
                 self.inflight.discard(sid)
                 raise
-        # The row as stored (not attached to any session), for the answer.
-        meta = [
-            SandboxMetadataRow(sandbox_id=sid, key=k, value=v) for k, v in spec.metadata.items()
-        ]
-        return SandboxRow(**values, meta=sorted(meta, key=lambda m: m.key))
+        # The row as stored, for the answer (no ORM object: nobody changes it).
+        return Admitted(
+            values | {"ended_at": None, "end_reason": None}, dict(sorted(spec.metadata.items()))
+        )
 
     def _transition(
         self,
@@ -298,15 +390,15 @@ class SandboxService:
             values |= {"ended_at": at or now, "end_reason": reason}
         if info is not None and state is SandboxState.running:
             values |= {"created_at": info.created_at, "expires_at": info.expires_at}
-        # Core, on the table: the ORM's bulk-update path (session synchronisation) costs more
-        # than the statement.
-        c = _SANDBOXES.c
-        stmt = update(_SANDBOXES).where(c.id == sandbox_id, c.state.in_(allowed))
+        # Core on a connection, with a statement built once per shape: the ORM's bulk-update
+        # path and building the statement each time cost more than running it.
+        columns = tuple(sorted(values))
+        stmt = _transition_stmt(allowed, columns, tenant is not None)
+        params = {f"v_{col}": values[col] for col in columns} | {"p_id": sandbox_id}
         if tenant is not None:
-            stmt = stmt.where(c.project_id == tenant.project_id, c.mode == tenant.mode.value)
-        with self.db.session() as s:
-            hit = s.execute(stmt.values(**values).returning(c.project_id, c.mode)).first()
-            s.commit()
+            params |= {"p_project": tenant.project_id, "p_mode": tenant.mode.value}
+        with self.db.engine.begin() as conn:
+            hit = conn.execute(stmt, params).first()
         if hit is None:
             return None
         self._remember(sandbox_id, state.value, hit.project_id, hit.mode)
@@ -320,7 +412,7 @@ class SandboxService:
             self._remember(row.id, row.state, row.project_id, row.mode)
             return to_wire(row)
 
-    def _settle_create(self, row: SandboxRow, info: SandboxInfo) -> tuple[Sandbox, bool]:
+    def _settle_create(self, row: Admitted, info: SandboxInfo) -> tuple[Sandbox, bool]:
         """Record the runner's answer to a create; returns the sandbox and whether the row was
         still `creating` (False: it was killed meanwhile)."""
         moved = self._transition(
@@ -344,9 +436,8 @@ class SandboxService:
                     )
                     s.commit()
             return self._wire(row.id), False
-        for k, v in moved.items():  # the admitted row as it now is, without reading it back
-            setattr(row, k, v)
-        return to_wire(row), True
+        # The admitted row as it now is, without reading it back.
+        return wire_of(row.values | moved, row.metadata), True
 
     async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox:
         """Admit, persist `creating`, ask the runner, persist `running` (or `failed`)."""

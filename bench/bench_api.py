@@ -147,7 +147,7 @@ def main(n: int) -> None:
         rows.append(summary("GET /v1/sandboxes/{id}", gets))
         for sb in sandboxes:
             sb.kill()
-        total = max(64, n * 2)
+        total = max(160, n * 4)  # enough creates that start-up and stragglers do not dominate
         extra["runner_creates_per_s_16_clients"] = round(asyncio.run(direct_concurrent(total)), 1)
         t = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.bind(str(path))
     os.chmod(path, 0o660)  # root and the hutch group only; never world-reachable
     config = uvicorn.Config(
-        create_app(manager),
+        create_app(manager, own_process=True),
         fd=sock.fileno(),
         log_level="warning",
         access_log=False,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -94,13 +96,27 @@ def validation_problem(exc: RequestValidationError | ValidationError) -> HutchEr
     return HutchError(ErrorCode.invalid_request, f"invalid request: {summary}", errors=errors)
 
 
-def create_app(manager: SandboxManager) -> FastAPI:
-    """The runner's ASGI app; `manager` is started and stopped with it."""
+def _watch_children_with_pidfds() -> None:
+    """Every create starts the sandbox launcher as a subprocess. Python before 3.12 waits for
+    each child on a thread of its own; a pidfd on the event loop does it without one (3.12
+    does this by default)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+
+
+def create_app(manager: SandboxManager, *, own_process: bool = False) -> FastAPI:
+    """The runner's ASGI app; `manager` is started and stopped with it. `own_process`: the
+    app's event loop is the process's only one (the child watcher is process-wide)."""
 
     tunnels = Tunnels()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if own_process:
+            _watch_children_with_pidfds()
         await manager.start()
         watcher = asyncio.create_task(tunnels.watch(manager))
         try:

@@ -168,9 +168,14 @@ class SandboxManager:
     def _write(self, sb: SandboxRecord) -> None:
         d = self.dir / sb.sandbox_id
         tmp = d / "record.json.tmp"
+        data = sb.model_dump_json().encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(sb.model_dump_json())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, d / "record.json")
 
     def _plan(self, r: SandboxRecord) -> SandboxPlan:

@@ -8,6 +8,8 @@ Retries are a few lines here rather than a library: the decision depends on Hutc
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -129,8 +131,41 @@ def _request_kwargs(call: Call[Any], config: ConnectionConfig) -> dict[str, Any]
     return kw
 
 
+class _SharedTransport(httpx.BaseTransport):
+    """A client's view of a connection pool it shares: closing the client leaves the pool."""
+
+    def __init__(self, pool: httpx.HTTPTransport) -> None:
+        self._pool = pool
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._pool.handle_request(request)
+
+    def close(self) -> None:
+        return None
+
+
+_pools: dict[tuple[str, str | None, str | None], httpx.HTTPTransport] = {}
+_pools_lock = threading.Lock()
+# A child process must not use its parent's sockets.
+os.register_at_fork(after_in_child=_pools.clear)
+
+
+def shared_transport(api_url: str) -> httpx.BaseTransport:
+    """The process's connection pool to `api_url` (per trust store), shared by every blocking
+    client: a new sandbox handle reuses warm keep-alive connections instead of opening its
+    own, which costs a TCP (and TLS) handshake on both sides."""
+    key = (api_url, os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = httpx.HTTPTransport(
+                verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=64)
+            )
+    return _SharedTransport(pool)
+
+
 class SyncHttp:
-    """Blocking shell: sends `Call`s with retries over one pooled `httpx.Client`."""
+    """Blocking shell: sends `Call`s with retries over a pooled `httpx.Client`."""
 
     def __init__(self, config: ConnectionConfig, client: httpx.Client | None = None) -> None:
         self.config = config
@@ -138,7 +173,7 @@ class SyncHttp:
             base_url=config.api_url,
             headers=config.headers(),
             timeout=config.request_timeout,
-            verify=tls_context(),
+            transport=shared_transport(config.api_url),
         )
 
     def send(self, call: Call[T], content: bytes | Iterable[bytes] | None = None) -> T:
@@ -182,7 +217,7 @@ class SyncHttp:
             resp.close()
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Release this client (the process's shared connections stay for other handles)."""
         self._client.close()
 
 

@@ -254,6 +254,21 @@ def test_corrupt_manifest_counts_as_not_built(tdir: Path) -> None:
     assert e.value.code == ErrorCode.template_not_ready
 
 
+def test_a_replaced_manifest_is_read_again(tdir: Path) -> None:
+    store = TemplateStore(tdir, [FileRecipe()])
+    store.build("base")
+    first = store.manifest("base")
+    assert first is not None and store.manifest("base") is first  # cached while unchanged
+    path = tdir / "base" / "template.json"
+    tmp = path.with_suffix(".new")
+    tmp.write_text(first.model_copy(update={"description": "rebuilt"}).model_dump_json())
+    os.replace(tmp, path)  # as a rebuild does: a new file in its place
+    again = store.manifest("base")
+    assert again is not None and again.description == "rebuilt"
+    path.unlink()
+    assert store.manifest("base") is None
+
+
 def test_second_process_waits_for_the_first_and_uses_its_result(tmp_path: Path) -> None:
     tdir, work = tmp_path / "templates", tmp_path / "work"
     work.mkdir()

@@ -4,7 +4,10 @@ failures like a 503 mid-flight cannot be produced on demand by a real server."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
+import json
+import threading
 
 import httpx
 import pytest
@@ -182,3 +185,43 @@ def test_a_missing_key_is_explained_and_header_errors_never_quote_the_key() -> N
     with pytest.raises(APIConnectionError) as c:
         _sync(httpx.MockTransport(refuses_header)).send(_ops.get_sandbox("sbx_1"))
     assert "SECRET" not in str(c.value)
+
+
+def test_handles_share_warm_connections_and_closing_one_leaves_the_others() -> None:
+    """Each sandbox handle has its own client; they share the process's pool to an API, so
+    a new handle reuses a kept-alive connection, and closing a handle does not close it."""
+    connections: list[object] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            connections.append(self)
+            super().setup()
+
+        def do_GET(self) -> None:
+            body = json.dumps(SANDBOX).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = ConnectionConfig(f"http://127.0.0.1:{server.server_port}", "sk_test_k", 5)
+        first = SyncHttp(cfg)
+        assert first.send(_ops.get_sandbox("sbx_1")).sandbox_id == "sbx_1"
+        first.close()
+        second = SyncHttp(cfg)
+        for _ in range(3):
+            assert second.send(_ops.get_sandbox("sbx_1")).sandbox_id == "sbx_1"
+        second.close()
+        assert len(connections) == 1  # one TCP connection for both handles
+    finally:
+        server.shutdown()
+        server.server_close()

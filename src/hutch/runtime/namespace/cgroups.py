@@ -12,6 +12,15 @@ CPU_PERIOD_US = 100_000
 DEFAULT_PARENT = "hutch"
 
 
+def _put(path: Path, value: str) -> None:
+    """Write a cgroup control file: one open, write and close (no text layer, no tty check)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a sandbox may use."""
@@ -122,23 +131,23 @@ class Cgroups:
         quota = lim.vcpu * CPU_PERIOD_US
         if self.v2 is not None:
             d = self.v2 / self.parent / sandbox_id
-            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-            (d / "memory.max").write_text(str(lim.memory_bytes))
+            _put(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _put(d / "memory.max", str(lim.memory_bytes))
             with contextlib.suppress(FileNotFoundError):
-                (d / "memory.swap.max").write_text("0")
-            (d / "pids.max").write_text(str(lim.pids))
+                _put(d / "memory.swap.max", "0")
+            _put(d / "pids.max", str(lim.pids))
             return
         cpu = self.v1["cpu"] / self.parent / sandbox_id
-        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-        (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        _put(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _put(cpu / "cpu.cfs_quota_us", str(quota))
         mem = self.v1["memory"] / self.parent / sandbox_id
-        (mem / "memory.limit_in_bytes").write_text(str(lim.memory_bytes))
+        _put(mem / "memory.limit_in_bytes", str(lim.memory_bytes))
         # memory+swap equal to memory: no swap at all
         with contextlib.suppress(FileNotFoundError):
-            (mem / "memory.memsw.limit_in_bytes").write_text(str(lim.memory_bytes))
+            _put(mem / "memory.memsw.limit_in_bytes", str(lim.memory_bytes))
         with contextlib.suppress(OSError):
-            (mem / "memory.swappiness").write_text("0")
-        (self.v1["pids"] / self.parent / sandbox_id / "pids.max").write_text(str(lim.pids))
+            _put(mem / "memory.swappiness", "0")
+        _put(self.v1["pids"] / self.parent / sandbox_id / "pids.max", str(lim.pids))
 
     def usage(self, sandbox_id: str) -> Usage:
         """Current use; raises FileNotFoundError once the cgroup is gone."""

@@ -85,6 +85,9 @@ class TemplateStore:
         self._tdir = Path(tdir)
         chosen = list(recipes) if recipes is not None else [BaseRecipe()]
         self._recipes: dict[str, Recipe] = {r.name: r for r in chosen}
+        # name → (the manifest file's identity, its parsed content): every create reads the
+        # manifest, and a stat is cheaper than reading and validating it again.
+        self._manifests: dict[str, tuple[tuple[int, int, int], TemplateManifest]] = {}
 
     @property
     def tdir(self) -> Path:
@@ -110,14 +113,25 @@ class TemplateStore:
             return None
         tdir = self._tdir / name
         try:
-            raw = (tdir / MANIFEST_FILE).read_text()
+            st = os.stat(tdir / MANIFEST_FILE)
         except FileNotFoundError:
             return None
-        try:
-            m = TemplateManifest.model_validate_json(raw)
-        except ValidationError:
-            log.warning("unreadable template manifest", template=name)
-            return None
+        # A rebuild replaces the file (a new inode), an edit changes its time or size.
+        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._manifests.get(name)
+        if cached is not None and cached[0] == ident:
+            m = cached[1]
+        else:
+            try:
+                raw = (tdir / MANIFEST_FILE).read_text()
+            except FileNotFoundError:
+                return None
+            try:
+                m = TemplateManifest.model_validate_json(raw)
+            except ValidationError:
+                log.warning("unreadable template manifest", template=name)
+                return None
+            self._manifests[name] = (ident, m)
         if m.name != name or not (tdir / ROOTFS_DIR).is_dir():
             log.warning("inconsistent template directory", template=name)
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Awaitable, Callable
 
 from hutch.models.exec import PtySize
 from hutch.sdk import _frames, _ops
@@ -86,25 +87,24 @@ class AsyncPty:
 
     async def send_stdin(self, pid: int, data: str | bytes) -> None:
         """Type into terminal `pid` (as `handle.send_stdin`)."""
-        handle = self._open.get(pid)
-        if handle is not None:
-            await handle.send_stdin(data)
-            return
-        handle = await self.connect(pid)
-        try:
-            await handle.send_stdin(data)
-        finally:
-            await handle.disconnect()
+        await self._on_terminal(pid, lambda h: h.send_stdin(data))
 
     async def resize(self, pid: int, size: PtySize) -> None:
         """Give terminal `pid` a new size (as `handle.resize`)."""
+        await self._on_terminal(pid, lambda h: h.resize(size))
+
+    async def _on_terminal(
+        self, pid: int, act: Callable[[AsyncPtyHandle], Awaitable[None]]
+    ) -> None:
+        """`act` on terminal `pid`: through the handle this object opened, else attached for
+        the moment."""
         handle = self._open.get(pid)
         if handle is not None:
-            await handle.resize(size)
+            await act(handle)
             return
         handle = await self.connect(pid)
         try:
-            await handle.resize(size)
+            await act(handle)
         finally:
             await handle.disconnect()
 

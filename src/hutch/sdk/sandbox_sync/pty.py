@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 from hutch.models.exec import PtySize
 from hutch.sdk import _frames, _ops
@@ -93,25 +94,22 @@ class Pty:
 
     def send_stdin(self, pid: int, data: str | bytes) -> None:
         """Type into terminal `pid` (as `handle.send_stdin`)."""
-        handle = self._open.get(pid)
-        if handle is not None:
-            handle.send_stdin(data)
-            return
-        handle = self.connect(pid)
-        try:
-            handle.send_stdin(data)
-        finally:
-            handle.disconnect()
+        self._on_terminal(pid, lambda h: h.send_stdin(data))
 
     def resize(self, pid: int, size: PtySize) -> None:
         """Give terminal `pid` a new size (as `handle.resize`)."""
+        self._on_terminal(pid, lambda h: h.resize(size))
+
+    def _on_terminal(self, pid: int, act: Callable[[PtyHandle], None]) -> None:
+        """`act` on terminal `pid`: through the handle this object opened, else attached for
+        the moment."""
         handle = self._open.get(pid)
         if handle is not None:
-            handle.resize(size)
+            act(handle)
             return
         handle = self.connect(pid)
         try:
-            handle.resize(size)
+            act(handle)
         finally:
             handle.disconnect()
 

@@ -25,7 +25,13 @@ from hutch.services.billing.service import BillingService
 from hutch.services.billing.usage import UsageReports
 from hutch.services.clock import Clock
 from hutch.services.exec_audit import ExecAudit
-from hutch.services.idempotency import MAX_KEY_LEN, IdempotencyService, Stored, request_fingerprint
+from hutch.services.idempotency import (
+    MAX_KEY_LEN,
+    Claim,
+    IdempotencyService,
+    Stored,
+    request_fingerprint,
+)
 from hutch.services.keys import DISPLAY_PREFIX_LEN, KeyService
 from hutch.services.pagination import LIMIT_DEFAULT, LIMIT_MAX, LIMIT_MIN
 from hutch.services.permissions import Principal
@@ -187,29 +193,23 @@ class Idempotent:
         self, svc: IdempotencyService, scope: str, key: str | None, fingerprint: str
     ) -> None:
         self.svc = svc
-        self.scope = scope
-        self.key = key
-        self.fingerprint = fingerprint
+        self.claim = Claim(scope, key, fingerprint) if key is not None else None
 
     async def run(self, status: int, fn: Callable[[], Awaitable[BaseModel]]) -> Response:
         """Run `fn` (or replay); the response body is the model as JSON."""
-        if self.key is None:
+        claim = self.claim
+        if claim is None:
             return Response((await fn()).model_dump_json(), status_code=status, media_type=JSON)
-        stored = await run_in_threadpool(self.svc.begin, self.scope, self.key, self.fingerprint)
+        stored = await run_in_threadpool(self.svc.begin, claim)
         if stored is not None:
-            return Response(
-                stored.body,
-                status_code=stored.status,
-                media_type=JSON,
-                headers={"Idempotent-Replayed": "true"},
-            )
+            return replayed(stored)
         try:
             body = (await fn()).model_dump_json()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await run_in_threadpool(self.svc.abandon, self.scope, self.key)
+                await run_in_threadpool(self.svc.abandon, claim)
             raise
-        await run_in_threadpool(self.svc.complete, self.scope, self.key, Stored(status, body))
+        await run_in_threadpool(self.svc.complete, claim, Stored(status, body))
         return Response(body, status_code=status, media_type=JSON)
 
     async def run_sync(self, status: int, fn: Callable[[], BaseModel]) -> Response:
@@ -219,6 +219,16 @@ class Idempotent:
             return await run_in_threadpool(fn)
 
         return await self.run(status, call)
+
+
+def replayed(stored: Stored) -> Response:
+    """The first response to an Idempotency-Key, again."""
+    return Response(
+        stored.body,
+        status_code=stored.status,
+        media_type=JSON,
+        headers={"Idempotent-Replayed": "true"},
+    )
 
 
 async def idempotency(

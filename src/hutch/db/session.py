@@ -100,8 +100,7 @@ class SQLiteWriteLock:
             return
         if not self._lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
             raise sqlite3.OperationalError(
-                f"database is locked: another writer held it for over "
-                f"{_WRITE_LOCK_TIMEOUT_S:.0f} s"
+                f"database is locked: another writer held it for over {_WRITE_LOCK_TIMEOUT_S:.0f} s"
             )
         with self._guard:
             self._holder = owner

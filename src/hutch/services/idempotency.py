@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hutch.db.models import IdempotencyRow
@@ -30,6 +30,15 @@ _CLAIM = insert(_IDEMPOTENCY)
 _RECORD = (
     update(_IDEMPOTENCY).where(_MINE).values(status=bindparam("p_status"), body=bindparam("p_body"))
 )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An Idempotency-Key as one request presents it."""
+
+    scope: str  # whose keys these are (owner, project, mode)
+    key: str
+    fingerprint: str  # the request, hashed: the same key with another request is a conflict
 
 
 @dataclass(frozen=True)
@@ -62,48 +71,57 @@ class IdempotencyService:
         self.db = db
         self.clock = clock
 
-    def begin(self, scope: str, key: str, fingerprint: str) -> Stored | None:
-        """Claim `key` for this request, or return the response to replay; 409 on misuse."""
-        now = self.clock.now()
-        mine = {"p_scope": scope, "p_key": key}
+    def find(self, conn: Connection, claim: Claim) -> Stored | None:
+        """The response to replay for `claim`'s key, None if the key is free (an expired
+        record is dropped); 409 if it was used for another request or is still in progress."""
+        mine = {"p_scope": claim.scope, "p_key": claim.key}
+        row = conn.execute(_FIND, mine).first()
+        if row is not None and row.created_at + TTL <= self.clock.now():
+            conn.execute(_FORGET, mine)
+            row = None
+        if row is None:
+            return None
+        if row.request_hash != claim.fingerprint:
+            raise _conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "use a new key for a new request"
+            )
+        if row.status is None or row.body is None:
+            raise _conflict("a request with this Idempotency-Key is still in progress")
+        return Stored(row.status, row.body)
+
+    def take(self, conn: Connection, claim: Claim) -> None:
+        """Claim the key within the caller's transaction (409 if a concurrent request did)."""
+        values = {
+            "scope": claim.scope,
+            "key": claim.key,
+            "request_hash": claim.fingerprint,
+            "created_at": self.clock.now(),
+        }
+        try:
+            conn.execute(_CLAIM, values)
+        except IntegrityError:
+            raise _conflict("a request with this Idempotency-Key is still in progress") from None
+
+    def begin(self, claim: Claim) -> Stored | None:
+        """Claim the key for this request, or return the response to replay; 409 on misuse."""
         # Core on a connection: these run on every create, and an ORM session adds nothing.
         with self.db.engine.begin() as conn:
-            row = conn.execute(_FIND, mine).first()
-            if row is not None and row.created_at + TTL <= now:
-                conn.execute(_FORGET, mine)
-                row = None
-            if row is not None:
-                if row.request_hash != fingerprint:
-                    raise _conflict(
-                        "this Idempotency-Key was already used for a different request; "
-                        "use a new key for a new request"
-                    )
-                if row.status is None or row.body is None:
-                    raise _conflict("a request with this Idempotency-Key is still in progress")
-                return Stored(row.status, row.body)
-            try:
-                conn.execute(
-                    _CLAIM,
-                    {"scope": scope, "key": key, "request_hash": fingerprint, "created_at": now},
-                )
-            except IntegrityError:
-                raise _conflict(
-                    "a request with this Idempotency-Key is still in progress"
-                ) from None
-        return None
+            stored = self.find(conn, claim)
+            if stored is None:
+                self.take(conn, claim)
+            return stored
 
-    def complete(self, scope: str, key: str, stored: Stored) -> None:
+    def complete(self, claim: Claim, stored: Stored) -> None:
         """Record the first response."""
+        params = {"p_status": stored.status, "p_body": stored.body}
         with self.db.engine.begin() as conn:
-            conn.execute(
-                _RECORD,
-                {"p_scope": scope, "p_key": key, "p_status": stored.status, "p_body": stored.body},
-            )
+            conn.execute(_RECORD, {"p_scope": claim.scope, "p_key": claim.key} | params)
 
-    def abandon(self, scope: str, key: str) -> None:
+    def abandon(self, claim: Claim) -> None:
         """Forget a claim whose request failed, so a retry runs again."""
         with self.db.engine.begin() as conn:
-            conn.execute(_FORGET, {"p_scope": scope, "p_key": key})
+            conn.execute(_FORGET, {"p_scope": claim.scope, "p_key": claim.key})
 
     def purge(self) -> int:
         """Delete records older than the retention window; returns how many."""

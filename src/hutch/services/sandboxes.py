@@ -12,8 +12,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, cast, overload
 
+import anyio
 import structlog
 from anyio import to_thread
 from sqlalchemy import Table, bindparam, exists, func, insert, literal_column, select, update
@@ -30,6 +31,7 @@ from hutch.models.network import NetworkPolicy
 from hutch.models.privacy import secret_pairs
 from hutch.models.sandbox import RunnerCreate, SandboxInfo, SandboxStats, SetTimeout, check_env
 from hutch.services.clock import Clock
+from hutch.services.idempotency import Claim, IdempotencyService, Stored
 from hutch.services.pagination import paginate
 from hutch.services.permissions import Principal
 from hutch.services.ratelimit import TokenBucket
@@ -97,6 +99,7 @@ def _transition_stmt(allowed: tuple[str, ...], columns: tuple[str, ...], tenant:
 
 
 QUOTA_RETRY_AFTER_S = 5
+CREATED = 201  # the status of a create's answer, as recorded for an Idempotency-Key
 LIVE_MAX = 100_000  # ids remembered as running (about 10 MB at most)
 # Decrypts named project secrets for a key as {ENV_NAME: value}; values live in memory only.
 SecretResolver = Callable[[Principal, Sequence[tuple[str, str]]], dict[str, str]]
@@ -184,6 +187,7 @@ class SandboxService:
         self.clock = clock
         self.limits = limits
         self.limiter = TokenBucket(limits.create_rate_per_minute, clock)
+        self.idempotency = IdempotencyService(db, clock)
         # Ids whose create/kill is under way in this process: the reconciler leaves them alone.
         self.inflight: set[str] = set()
         # Ids this process is stopping: it records their end itself, so the runner's event
@@ -296,18 +300,33 @@ class SandboxService:
     # --- create ---
 
     def _admit_with_env(
-        self, actor: Principal, spec: SandboxCreate
-    ) -> tuple[Admitted, dict[str, str]]:
-        """Guards, then the environment (secrets decrypted only for an admitted account, and
-        before anything is persisted: an unknown name leaves nothing behind), then quota and
-        the `creating` row. One worker-thread hop for all of it."""
+        self, actor: Principal, spec: SandboxCreate, claim: Claim | None
+    ) -> tuple[Admitted | Stored, dict[str, str]]:
+        """A repeated Idempotency-Key's first answer; else the rate limit, the guards, the
+        environment (secrets decrypted only for an admitted account, and before anything is
+        persisted: an unknown name leaves nothing behind), then quota and the `creating` row.
+        One worker-thread hop for all of it."""
+        if claim is not None:
+            with self.db.engine.begin() as conn:
+                stored = self.idempotency.find(conn, claim)
+            if stored is not None:
+                return stored, {}
+        wait = self.limiter.take(actor.project_id)
+        if wait is not None:
+            raise HutchError(
+                ErrorCode.rate_limited,
+                f"too many sandboxes created; this project may create "
+                f"{self.limits.create_rate_per_minute} per minute",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         for guard in self.create_guards:
             guard(actor)
         env = self._env(actor, spec)
-        return self._admit(actor, spec), env
+        return self._admit(actor, spec, claim), env
 
-    def _admit(self, actor: Principal, spec: SandboxCreate) -> Admitted:
-        """Check quota and persist the `creating` row; returns what was stored."""
+    def _admit(self, actor: Principal, spec: SandboxCreate, claim: Claim | None = None) -> Admitted:
+        """Check quota and persist the `creating` row (and claim the Idempotency-Key, in the
+        same transaction); returns what was stored."""
         now = self.clock.now()
         # Suspension is read with the key, like every other property of the caller: at once
         # after a change through this process, within the principal cache's TTL otherwise.
@@ -315,6 +334,8 @@ class SandboxService:
         project = {"p_project": actor.project_id}
         # Core on a connection: the ORM session adds nothing to these statements.
         with self._quota_lock, self.db.engine.begin() as conn:
+            if claim is not None:  # a concurrent request with the same key: 409 here
+                self.idempotency.take(conn, claim)
             if self.db.dialect != "sqlite":  # SQLite has one writer and no row locks
                 conn.execute(_LOCK_PROJECT, project)
             active = conn.execute(_COUNT_ACTIVE, project).scalar()
@@ -412,9 +433,18 @@ class SandboxService:
             self._remember(row.id, row.state, row.project_id, row.mode)
             return to_wire(row)
 
-    def _settle_create(self, row: Admitted, info: SandboxInfo) -> tuple[Sandbox, bool]:
-        """Record the runner's answer to a create; returns the sandbox and whether the row was
-        still `creating` (False: it was killed meanwhile)."""
+    def _settle_create(
+        self, row: Admitted, info: SandboxInfo, claim: Claim | None = None
+    ) -> tuple[Sandbox, bool]:
+        """Record the runner's answer to a create (and, for an Idempotency-Key, the answer to
+        replay); returns the sandbox and whether the row was still `creating` (False: it was
+        killed meanwhile)."""
+        wire, moved = self._settle_row(row, info)
+        if claim is not None:
+            self.idempotency.complete(claim, Stored(CREATED, wire.model_dump_json()))
+        return wire, moved
+
+    def _settle_row(self, row: Admitted, info: SandboxInfo) -> tuple[Sandbox, bool]:
         moved = self._transition(
             row.id,
             SandboxState(info.state),
@@ -439,22 +469,31 @@ class SandboxService:
         # The admitted row as it now is, without reading it back.
         return wire_of(row.values | moved, row.metadata), True
 
-    async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox:
-        """Admit, persist `creating`, ask the runner, persist `running` (or `failed`)."""
+    @overload
+    async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox: ...
+
+    @overload
+    async def create(
+        self, actor: Principal, req: SandboxCreate, claim: Claim
+    ) -> Sandbox | Stored: ...
+
+    async def create(
+        self, actor: Principal, req: SandboxCreate, claim: Claim | None = None
+    ) -> Sandbox | Stored:
+        """Admit, persist `creating`, ask the runner, persist `running` (or `failed`).
+
+        With `claim` (an Idempotency-Key), a key seen before gets its first answer back as
+        `Stored`; a new one is claimed with the admission and its answer recorded with the
+        outcome, or given up if the create fails, so that a retry runs again."""
         actor.require(Scope.sandboxes_write)
         runner = self.require_runner()
-        wait = self.limiter.take(actor.project_id)
-        if wait is not None:
-            raise HutchError(
-                ErrorCode.rate_limited,
-                f"too many sandboxes created; this project may create "
-                f"{self.limits.create_rate_per_minute} per minute",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
         # The environment with decrypted secrets goes only to the runner: never to the row, the
         # idempotency record or a log.
-        admitted, env = await to_thread.run_sync(self._admit_with_env, actor, req)
+        admitted, env = await to_thread.run_sync(self._admit_with_env, actor, req, claim)
+        if isinstance(admitted, Stored):
+            return admitted
         sandbox_id = admitted.id
+        settled = False
         try:
             create = RunnerCreate(
                 sandbox_id=sandbox_id,
@@ -469,11 +508,17 @@ class SandboxService:
             except Exception as e:
                 await to_thread.run_sync(self._fail, sandbox_id, ErrorCode.runner_unavailable.value)
                 raise HutchError(ErrorCode.runner_unavailable, "the runner did not answer") from e
-            wire, moved = await to_thread.run_sync(self._settle_create, admitted, info)
+            wire, moved = await to_thread.run_sync(self._settle_create, admitted, info, claim)
+            settled = True
             if not moved and wire.state.value in (*TERMINAL, "stopping"):
                 # Killed while being created: the runner made it after the kill; undo that.
                 await self.kill_on_runner(sandbox_id)
             return wire
+        except BaseException:
+            if claim is not None and not settled:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(self.idempotency.abandon, claim)
+            raise
         finally:
             self.inflight.discard(sandbox_id)
 

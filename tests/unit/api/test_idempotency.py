@@ -6,7 +6,7 @@ import pytest
 
 from hutch.services.clock import FakeClock
 from tests.support.live_runner import LiveRunner
-from tests.unit.api.conftest import Client, World
+from tests.unit.api.conftest import AppFactory, Client, World, build_world
 
 CREATES = [
     ("/v1/sandboxes", {"metadata": {"job": "1"}}),
@@ -107,3 +107,31 @@ def test_bad_idempotency_keys_are_refused(client: Client, world: World) -> None:
             "/v1/projects", headers={**world.owner.h, "Idempotency-Key": bad}, json={"name": "q"}
         )
         assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), bad
+
+
+def test_a_replay_is_answered_before_limits_and_a_refused_create_keeps_no_claim(
+    make_app: AppFactory,
+) -> None:
+    """The key is checked first (a replay spends no rate-limit token and is not refused by a
+    full quota), and claimed together with the sandbox: a create refused at admission leaves
+    the key free for the retry."""
+    app = make_app(create_rate_per_minute=3, max_concurrent_sandboxes=1)
+    world = build_world(app.state.services)
+    client = Client(app)
+    try:
+        h = {**world.owner.h, "Idempotency-Key": "limits"}
+        first = client.post("/v1/sandboxes", headers=h, json={})
+        assert first.status_code == 201, first.text
+        for _ in range(3):  # with the two creates below, more than the bucket holds
+            again = client.post("/v1/sandboxes", headers=h, json={})
+            assert (again.status_code, again.content) == (201, first.content)
+        other = {**world.owner.h, "Idempotency-Key": "refused"}
+        r = client.post("/v1/sandboxes", headers=other, json={})
+        assert (r.status_code, r.json()["code"]) == (429, "quota_exceeded"), r.text
+        sid = first.json()["sandbox_id"]
+        assert client.delete(f"/v1/sandboxes/{sid}", headers=world.owner.h).status_code == 204
+        r = client.post("/v1/sandboxes", headers=other, json={})
+        assert r.status_code == 201, r.text  # the refused attempt did not keep the key
+        assert "idempotent-replayed" not in r.headers
+    finally:
+        client.close()

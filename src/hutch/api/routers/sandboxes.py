@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc
+from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc, replayed
 from hutch.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
 from hutch.models.common import ErrorCode, HutchError, Problem, SandboxState
 from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxStats, SetTimeout
+from hutch.services.idempotency import Stored
 
 router = APIRouter(
     prefix="/v1/sandboxes", tags=["sandboxes"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
@@ -53,7 +54,16 @@ def metadata_filters(request: Request) -> dict[str, str]:
 )
 async def create_sandbox(body: SandboxCreate, actor: Actor, svc: Svc, idem: Idem) -> Response:
     """Create a sandbox and wait until it runs."""
-    return await idem.run(201, lambda: svc.sandboxes.create(actor, body))
+    # The service keeps the Idempotency-Key with the sandbox's own writes (no extra round
+    # trips on the hot path).
+    made: Sandbox | Stored
+    if idem.claim is None:
+        made = await svc.sandboxes.create(actor, body)
+    else:
+        made = await svc.sandboxes.create(actor, body, idem.claim)
+    if isinstance(made, Stored):
+        return replayed(made)
+    return Response(made.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(

@@ -131,37 +131,56 @@ def _request_kwargs(call: Call[Any], config: ConnectionConfig) -> dict[str, Any]
     return kw
 
 
-class _SharedTransport(httpx.BaseTransport):
-    """A client's view of a connection pool it shares: closing the client leaves the pool."""
+_PoolKey = tuple[str, str | None, str | None]
 
-    def __init__(self, pool: httpx.HTTPTransport) -> None:
+
+class _SharedTransport(httpx.BaseTransport):
+    """One client's share of a connection pool: the pool closes when its last client does."""
+
+    def __init__(self, key: _PoolKey, pool: httpx.HTTPTransport) -> None:
+        self._key = key
         self._pool = pool
+        self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._pool.handle_request(request)
 
     def close(self) -> None:
-        return None
+        with _pools_lock:
+            if self._closed:
+                return
+            self._closed = True
+            entry = _pools.get(self._key)
+            last = entry is not None and entry[0] is self._pool and entry[1] == 1
+            if last:
+                del _pools[self._key]
+            elif entry is not None and entry[0] is self._pool:
+                entry[1] -= 1
+        if last:
+            self._pool.close()
 
 
-_pools: dict[tuple[str, str | None, str | None], httpx.HTTPTransport] = {}
+_pools: dict[_PoolKey, list[Any]] = {}  # key → [pool, clients using it]
 _pools_lock = threading.Lock()
 # A child process must not use its parent's sockets.
 os.register_at_fork(after_in_child=_pools.clear)
 
 
 def shared_transport(api_url: str) -> httpx.BaseTransport:
-    """The process's connection pool to `api_url` (per trust store), shared by every blocking
-    client: a new sandbox handle reuses warm keep-alive connections instead of opening its
-    own, which costs a TCP (and TLS) handshake on both sides."""
+    """A share of the process's connection pool to `api_url` (per trust store): blocking
+    clients open at the same time, such as many sandbox handles, reuse each other's warm
+    keep-alive connections instead of each paying a TCP (and TLS) handshake on both sides.
+    When the last of them closes, so does the pool: a closed handle holds no connection."""
     key = (api_url, os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
     with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = _pools[key] = httpx.HTTPTransport(
+        entry = _pools.get(key)
+        if entry is None:
+            pool = httpx.HTTPTransport(
                 verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=64)
             )
-    return _SharedTransport(pool)
+            entry = _pools[key] = [pool, 0]
+        entry[1] += 1
+        return _SharedTransport(key, entry[0])
 
 
 class SyncHttp:
@@ -217,7 +236,7 @@ class SyncHttp:
             resp.close()
 
     def close(self) -> None:
-        """Release this client (the process's shared connections stay for other handles)."""
+        """Release this client's connections (shared ones once no open client uses them)."""
         self._client.close()
 
 

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from hutch.models.api import Role
 from hutch.sdk import _ops
 from hutch.sdk._http import Call, SyncHttp, no_content
 from hutch.sdk.config import ConnectionConfig
@@ -26,6 +27,11 @@ def _bytes(resp: Any) -> bytes:
 def _secret_path(project_id: str, name: str = "") -> str:
     base = f"/v1/projects/{quote(project_id, safe='')}/secrets"
     return f"{base}/{quote(name, safe='')}" if name else base
+
+
+def _team_path(team_id: str, user_id: str | None = None) -> str:
+    base = f"/v1/teams/{quote(team_id, safe='')}"
+    return base if user_id is None else f"{base}/members/{quote(user_id, safe='')}"
 
 
 def _user_path(user_id: str | None) -> str:
@@ -125,13 +131,48 @@ class Hutch:
             body["name"] = name
         return self._http.send(_ops.create_json("/v1/users", body))
 
-    def list_teams(self) -> list[dict[str, Any]]:
-        """Teams the key's user belongs to."""
+    def teams(self) -> list[dict[str, Any]]:
+        """Teams the key's user belongs to, each with that user's `role` in it."""
         return list(self._list("/v1/teams"))
 
-    def create_team(self, name: str) -> dict[str, Any]:
-        """Create a team."""
-        return self._http.send(_ops.create_json("/v1/teams", {"name": name}))
+    def list_teams(self) -> list[dict[str, Any]]:
+        """The same as `teams()`."""
+        return self.teams()
+
+    def create_team(self, name: str, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create a team; the key's user becomes its owner."""
+        call = _ops.create_json("/v1/teams", {"name": name}, idempotency_key)
+        return self._http.send(call)
+
+    def get_team(self, team_id: str) -> dict[str, Any]:
+        """One of the key's user's teams."""
+        return self._http.send(_ops.get_json(_team_path(team_id)))
+
+    def members(self, team_id: str) -> list[dict[str, Any]]:
+        """Members of a team: `user_id` and `role` of each."""
+        return list(self._list(_team_path(team_id) + "/members"))
+
+    def add_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: Role | str = Role.member,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a user to a team with a role: owner, admin, member or viewer."""
+        body = {"user_id": user_id, "role": _ops.choice(Role, role, "role").value}
+        call = _ops.create_json(_team_path(team_id) + "/members", body, idempotency_key)
+        return self._http.send(call)
+
+    def set_role(self, team_id: str, user_id: str, role: Role | str) -> dict[str, Any]:
+        """Change a member's role (a team keeps at least one owner)."""
+        body = {"role": _ops.choice(Role, role, "role").value}
+        return self._http.send(_ops.patch_json(_team_path(team_id, user_id), body))
+
+    def remove_member(self, team_id: str, user_id: str) -> None:
+        """Remove a user from a team (a team keeps at least one owner)."""
+        self._http.send(_ops.delete(_team_path(team_id, user_id)))
 
     def update_project(self, project_id: str, **changes: Any) -> dict[str, Any]:
         """Rename a project or change its settings (e.g. `audit_exec=True`)."""

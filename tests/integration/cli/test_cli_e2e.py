@@ -277,3 +277,50 @@ def test_me_commands(api: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert r.returncode == 0, r.stderr
     r = hutch("me")
     assert r.returncode == 1 and "account_erased" in r.stderr
+
+
+def test_teams_and_members(api: Server) -> None:
+    tag = os.urandom(4).hex()
+    r = hutch("users", "create", f"cli-team-{tag}@example.test", "--json")
+    assert r.returncode == 0, r.stderr
+    user = json.loads(r.stdout)["user_id"]
+    r = hutch("teams", "create", f"cli-{tag}", "--json")
+    assert r.returncode == 0, r.stderr
+    team = json.loads(r.stdout)
+    assert team["name"] == f"cli-{tag}" and team["role"] == "owner"
+    team_id = team["team_id"]
+    listed = {t["team_id"]: t for t in json.loads(hutch("teams", "ls", "--json").stdout)}
+    assert listed[team_id]["role"] == "owner"
+    assert team_id in hutch("teams", "ls").stdout
+    info = hutch("teams", "info", team_id)
+    assert info.returncode == 0 and f"cli-{tag}" in info.stdout, info.stderr
+
+    r = hutch("teams", "add-member", team_id, user, "--role", "viewer", "--json")
+    assert r.returncode == 0, r.stderr
+    added = json.loads(r.stdout)
+    assert (added["team_id"], added["user_id"], added["role"]) == (team_id, user, "viewer")
+    r = hutch("teams", "set-role", team_id, user, "member", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["role"] == "member", r.stderr
+    members = json.loads(hutch("teams", "members", team_id, "--json").stdout)
+    roles = {m["user_id"]: m["role"] for m in members}
+    assert roles[user] == "member" and sorted(roles.values()) == ["member", "owner"]
+    table = hutch("teams", "members", team_id)
+    assert table.returncode == 0 and user in table.stdout and "member" in table.stdout
+
+    # A role the server does not know is refused before any request, listing the allowed ones.
+    r = hutch("teams", "add-member", team_id, user, "--role", "boss")
+    assert r.returncode == 2 and "'boss' is not one of" in r.stderr, r.stderr
+    assert all(role in r.stderr for role in ("owner", "admin", "member", "viewer"))
+    r = hutch("teams", "set-role", team_id, user, "superuser")
+    assert r.returncode == 2 and "'superuser' is not one of" in r.stderr, r.stderr
+    r = hutch("teams", "add-member", team_id, user, "--role", "viewer")
+    assert r.returncode == 1 and "already a member" in r.stderr, r.stderr
+
+    r = hutch("teams", "remove-member", team_id, user)
+    assert r.returncode == 0 and r.stdout == f"{user}: removed from {team_id}\n", r.stderr
+    members = json.loads(hutch("teams", "members", team_id, "--json").stdout)
+    assert user not in [m["user_id"] for m in members]
+    r = hutch("teams", "remove-member", team_id, user, "--json")
+    assert r.returncode == 1 and json.loads(r.stderr)["error"]["code"] == "not_found"
+    r = hutch("teams", "info", "team_" + "0" * 26)
+    assert r.returncode == 1 and "not_found" in r.stderr

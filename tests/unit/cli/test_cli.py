@@ -222,3 +222,153 @@ def test_window_changes_are_noticed() -> None:
         assert flag.take()
         assert not flag.take()
     assert signal.getsignal(signal.SIGWINCH) is not flag._on_signal
+
+
+TEAM = {"team_id": "team_1", "name": "ml", "created_at": "2030-01-01T00:00:00Z", "role": "owner"}
+Seen = list[tuple[str, str, object, str]]
+
+
+@pytest.fixture
+def teams_api() -> Iterator[tuple[str, Seen]]:
+    """A loopback stand-in for the team routes: answers as the server would and records
+    (method, path with query, JSON body, Idempotency-Key header)."""
+    seen: Seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: object = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            if data:
+                kind = "application/problem+json" if status >= 400 else "application/json"
+                self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _answer(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.loads(raw or b"{}")
+            seen.append((self.command, self.path, body, self.headers.get("idempotency-key") or ""))
+            member = {"team_id": "team_1", "user_id": "usr_1", "created_at": TEAM["created_at"]}
+            route = (self.command, self.path.split("?")[0])
+            if route == ("GET", "/v1/teams"):
+                page = (
+                    {"items": [{**TEAM, "team_id": "team_2", "role": "viewer"}]}
+                    if "cursor=c1" in self.path
+                    else {"items": [TEAM], "next_cursor": "c1"}
+                )
+                self._send(200, page)
+            elif route == ("POST", "/v1/teams"):
+                self._send(201, {**TEAM, "name": body["name"]})
+            elif route == ("GET", "/v1/teams/team_1"):
+                self._send(200, TEAM)
+            elif route == ("GET", "/v1/teams/team_1/members"):
+                self._send(200, {"items": [{**member, "user_id": "usr_0", "role": "owner"}]})
+            elif route == ("POST", "/v1/teams/team_1/members"):
+                self._send(201, {**member, **body})
+            elif route == ("PATCH", "/v1/teams/team_1/members/usr_1"):
+                self._send(200, {**member, **body})
+            elif route == ("DELETE", "/v1/teams/team_1/members/usr_1"):
+                self._send(204)
+            else:
+                self._send(
+                    404,
+                    {
+                        "title": "Not found",
+                        "status": 404,
+                        "code": "not_found",
+                        "detail": "team not found",
+                    },
+                )
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_teams_commands_are_registered(run: CliRunner) -> None:
+    assert "teams" in run.invoke(app, ["--help"]).output
+    out = run.invoke(app, ["teams", "--help"]).output
+    for cmd in ("ls", "create", "info", "members", "add-member", "set-role", "remove-member"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["teams", "add-member", "team_1", "usr_1", "--role", "boss"],
+        ["teams", "add-member", "team_1", "usr_1", "--role", "boss", "--json"],
+        ["teams", "set-role", "team_1", "usr_1", "boss"],
+    ],
+)
+def test_teams_refuse_unknown_roles_before_any_request(run: CliRunner, args: list[str]) -> None:
+    r = run.invoke(app, [*args, *NOWHERE])
+    assert r.exit_code == 2, r.output
+    assert "'boss' is not one of" in r.output
+    for role in ("owner", "admin", "member", "viewer"):
+        assert role in r.output
+    assert "cannot reach" not in r.output
+
+
+def test_teams_list_and_show(run: CliRunner, teams_api: tuple[str, Seen]) -> None:
+    url, seen = teams_api
+    opts = ["--api-url", url, "--api-key", "sk_test_x"]
+    r = run.invoke(app, ["teams", "ls", *opts])
+    assert r.exit_code == 0, r.output
+    assert "team_1" in r.stdout and "team_2" in r.stdout and "viewer" in r.stdout
+    assert [s[1] for s in seen] == ["/v1/teams", "/v1/teams?cursor=c1"]  # every page
+    r = run.invoke(app, ["teams", "ls", "--json", *opts])
+    assert [t["team_id"] for t in json.loads(r.stdout)] == ["team_1", "team_2"]
+    r = run.invoke(app, ["teams", "create", "research", "--json", *opts])
+    assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "research", r.output
+    method, path, body, idem = seen[-1]
+    assert (method, path, body) == ("POST", "/v1/teams", {"name": "research"}) and idem
+    r = run.invoke(app, ["teams", "info", "team_1", *opts])
+    assert r.exit_code == 0 and "team_1" in r.stdout and "owner" in r.stdout, r.output
+    r = run.invoke(app, ["teams", "members", "team_1", *opts])
+    assert r.exit_code == 0 and "usr_0" in r.stdout and "owner" in r.stdout, r.output
+    r = run.invoke(app, ["teams", "members", "team_1", "--json", *opts])
+    assert json.loads(r.stdout) == [
+        {"team_id": "team_1", "user_id": "usr_0", "created_at": TEAM["created_at"], "role": "owner"}
+    ]
+
+
+def test_teams_membership_changes(run: CliRunner, teams_api: tuple[str, Seen]) -> None:
+    url, seen = teams_api
+    opts = ["--api-url", url, "--api-key", "sk_test_x"]
+    r = run.invoke(app, ["teams", "add-member", "team_1", "usr_1", "--role", "viewer", *opts])
+    assert r.exit_code == 0 and "viewer" in r.stdout, r.output
+    method, path, body, idem = seen[-1]
+    assert (method, path) == ("POST", "/v1/teams/team_1/members") and idem
+    assert body == {"user_id": "usr_1", "role": "viewer"}
+    r = run.invoke(app, ["teams", "add-member", "team_1", "usr_1", "--json", *opts])
+    assert json.loads(r.stdout)["role"] == "member"  # the server's default, sent explicitly
+    r = run.invoke(app, ["teams", "set-role", "team_1", "usr_1", "ADMIN", "--json", *opts])
+    assert r.exit_code == 0 and json.loads(r.stdout)["role"] == "admin", r.output
+    assert seen[-1][:3] == ("PATCH", "/v1/teams/team_1/members/usr_1", {"role": "admin"})
+    r = run.invoke(app, ["teams", "remove-member", "team_1", "usr_1", *opts])
+    assert r.exit_code == 0 and r.stdout == "usr_1: removed from team_1\n", r.output
+    assert seen[-1][:2] == ("DELETE", "/v1/teams/team_1/members/usr_1")
+    r = run.invoke(app, ["teams", "remove-member", "team_1", "usr_1", "--json", *opts])
+    assert json.loads(r.stdout) == {"team_id": "team_1", "user_id": "usr_1", "removed": True}
+
+
+def test_teams_errors_name_the_code(run: CliRunner, teams_api: tuple[str, Seen]) -> None:
+    url, _ = teams_api
+    opts = ["--api-url", url, "--api-key", "sk_test_x"]
+    r = run.invoke(app, ["teams", "info", "team_x", *opts])
+    assert r.exit_code == 1 and "team not found" in r.stderr and "not_found" in r.stderr
+    r = run.invoke(app, ["teams", "members", "team_x", "--json", *opts])
+    assert r.exit_code == 1
+    assert json.loads(r.stderr)["error"]["code"] == "not_found"

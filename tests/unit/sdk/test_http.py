@@ -12,7 +12,7 @@ import threading
 import httpx
 import pytest
 
-from hutch.sdk import _ops
+from hutch.sdk import _http, _ops
 from hutch.sdk._files import CHUNK, sync_body
 from hutch.sdk._http import AsyncHttp, SyncHttp
 from hutch.sdk.config import ConnectionConfig, RetryPolicy
@@ -187,9 +187,10 @@ def test_a_missing_key_is_explained_and_header_errors_never_quote_the_key() -> N
     assert "SECRET" not in str(c.value)
 
 
-def test_handles_share_warm_connections_and_closing_one_leaves_the_others() -> None:
-    """Each sandbox handle has its own client; they share the process's pool to an API, so
-    a new handle reuses a kept-alive connection, and closing a handle does not close it."""
+def test_open_handles_share_warm_connections_and_the_last_close_releases_them() -> None:
+    """Each sandbox handle has its own client; those open at the same time share the
+    process's pool to an API, so a new handle reuses a kept-alive connection; closing one
+    leaves the others theirs, and once all are closed no connection is held."""
     connections: list[object] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -216,12 +217,17 @@ def test_handles_share_warm_connections_and_closing_one_leaves_the_others() -> N
         cfg = ConnectionConfig(f"http://127.0.0.1:{server.server_port}", "sk_test_k", 5)
         first = SyncHttp(cfg)
         assert first.send(_ops.get_sandbox("sbx_1")).sandbox_id == "sbx_1"
-        first.close()
         second = SyncHttp(cfg)
+        first.close()
         for _ in range(3):
             assert second.send(_ops.get_sandbox("sbx_1")).sandbox_id == "sbx_1"
-        second.close()
         assert len(connections) == 1  # one TCP connection for both handles
+        second.close()
+        assert not any(k[0] == cfg.api_url for k in _http._pools)  # the pool is gone
+        third = SyncHttp(cfg)
+        assert third.send(_ops.get_sandbox("sbx_1")).sandbox_id == "sbx_1"
+        third.close()
+        assert len(connections) == 2  # a new pool, a new connection
     finally:
         server.shutdown()
         server.server_close()

@@ -7,6 +7,7 @@ postgresql://postgres@127.0.0.1:5432 (HUTCH_TEST_POSTGRES_URL to change), droppe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -146,27 +147,63 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_INITS_AT_START] = _sandbox_inits()
 
 
+def _sandbox_id(pid: int) -> str | None:
+    """The sandbox an init process runs (its cgroup's name)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                name = line.rstrip().rsplit("/", 1)[-1]
+                if name.startswith("sbx_"):
+                    return name
+    except OSError:
+        pass
+    return None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if sandboxes started during it are still there: a test, or the code it
-    tests, left one behind. They are killed so the next run starts clean."""
+    """Fail the run if sandboxes its runners started are still there: a test, or the code it
+    tests, left one behind. Those are killed so the next run starts clean. Sandboxes of
+    anything else on this host (a server someone runs, another test session) are left alone:
+    ours are the ones whose state directory is under this session's temporary directory."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
     before = session.config.stash.get(_INITS_AT_START, set())
     deadline = time.monotonic() + 10  # kills issued at teardown may still be landing
-    while (leaked := _sandbox_inits() - before) and time.monotonic() < deadline:
+
+    known: dict[int, str | None] = {}
+
+    def ours(pid: int) -> str | None:
+        """The sandbox id if a runner of this session started it."""
+        if pid not in known:
+            sid = _sandbox_id(pid)
+            # A runner's data dir sits a few levels below the base (test dir, fixture dir).
+            mine = sid is not None and any(
+                next(base.glob(f"{'*/' * depth}sandboxes/{sid}"), None) is not None
+                for depth in range(1, 5)
+            )
+            known[pid] = sid if mine else None
+        return known[pid]
+
+    def leaked_now() -> dict[int, str]:
+        return {pid: sid for pid in _sandbox_inits() - before if (sid := ours(pid))}
+
+    while (leaked := leaked_now()) and time.monotonic() < deadline:
         time.sleep(0.1)
     if not leaked:
         return
-    names = []
-    for pid in sorted(leaked):
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                groups = [line.rsplit("/", 1)[-1].strip() for line in f if "/sbx_" in line]
-            names.append(groups[0] if groups else str(pid))
+    for pid in leaked:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            continue
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"{len(leaked)} sandbox(es) outlived the tests that started them: {names}", red=True
+            f"{len(leaked)} sandbox(es) outlived the tests that started them: "
+            f"{sorted(leaked.values())}",
+            red=True,
         )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -119,13 +119,13 @@ def _length(scope: Scope) -> int | None:
     """The announced body length, if the request is one this path takes (a JSON content type,
     a content length within the exec body limit, no transfer coding)."""
     length = None
-    json_type = False
+    json_type: bool | None = None
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
                 return None
             length = int(value)
-        elif name == b"content-type":
+        elif name == b"content-type" and json_type is None:  # the first, as Starlette reads
             json_type = _JSON.fullmatch(value) is not None
         elif name == b"transfer-encoding":
             return None

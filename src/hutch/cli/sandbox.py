@@ -22,7 +22,7 @@ from hutch.models.common import (
     SandboxState,
 )
 from hutch.sdk import CommandExitException, CommandResult, Sandbox
-from hutch.sdk.exceptions import CommandTimeoutError, SandboxNotFoundError
+from hutch.sdk.exceptions import CommandTimeoutError, HutchSDKError, SandboxNotFoundError
 
 app = typer.Typer(help="Create, inspect, use and kill sandboxes.", no_args_is_help=True)
 
@@ -259,12 +259,18 @@ def _run_with_stdin(
     try:
         # read1: what is there now (a terminal line, a pipe's chunk), not a full buffer.
         read = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
-        while chunk := read(STDIN_CHUNK):
-            if handle.done:
-                break
-            handle.send_stdin(chunk)
-        if not handle.done:
-            handle.close_stdin()
+        try:
+            while chunk := read(STDIN_CHUNK):
+                if handle.done:
+                    break
+                handle.send_stdin(chunk)
+            if not handle.done:
+                handle.close_stdin()
+        except HutchSDKError:
+            # The command ended while input was still coming (`head -1`) and the stream closed
+            # under the write: its result, not the refused write, is the answer (wait() raises
+            # if the stream broke for another reason).
+            pass
         return handle.wait()
     except BaseException:
         if handle.exit_code is None:

@@ -127,14 +127,14 @@ class Database:
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": self.dialect != "sqlite"}
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Sessions hop between the event loop and worker threads (never concurrently).
             kwargs["connect_args"] = {"check_same_thread": False}
-            # As many kept connections as requests may use at once (one per worker thread):
-            # with the default five, concurrent requests open and close overflow connections
-            # all the time, each paying for a new file handle and its pragmas.
-            kwargs |= {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                # As many kept connections as requests may use at once (one per worker
+                # thread): with the default five, concurrent requests open and close overflow
+                # connections all the time, each paying for a file handle and its pragmas.
+                kwargs |= {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
         self.engine: Engine = create_engine(self.url, **kwargs)
         self.write_lock: SQLiteWriteLock | None = None
         if self.dialect == "sqlite":

@@ -102,6 +102,10 @@ def _watch_children_with_pidfds() -> None:
     does this by default)."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return
+    try:  # the kernel (5.3+) and any seccomp profile must allow it too
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.set_child_watcher(watcher)

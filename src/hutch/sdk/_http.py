@@ -162,8 +162,23 @@ class _SharedTransport(httpx.BaseTransport):
 
 _pools: dict[_PoolKey, list[Any]] = {}  # key → [pool, clients using it]
 _pools_lock = threading.Lock()
-# A child process must not use its parent's sockets.
-os.register_at_fork(after_in_child=_pools.clear)
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def _after_fork_in_child() -> None:
+    # A child must not use its parent's sockets, nor a lock another thread held at fork().
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy (httpx routes through it only for clients that
+    build their own transport)."""
+    return any(os.environ.get(v) or os.environ.get(v.lower()) for v in _PROXY_VARS)
 
 
 def shared_transport(api_url: str) -> httpx.BaseTransport:
@@ -188,12 +203,17 @@ class SyncHttp:
 
     def __init__(self, config: ConnectionConfig, client: httpx.Client | None = None) -> None:
         self.config = config
-        self._client = client or httpx.Client(
-            base_url=config.api_url,
-            headers=config.headers(),
-            timeout=config.request_timeout,
-            transport=shared_transport(config.api_url),
-        )
+        if client is None:
+            # Behind a proxy, httpx's own transport (which honours HTTP(S)_PROXY and NO_PROXY).
+            shared = None if _proxied() else shared_transport(config.api_url)
+            client = httpx.Client(
+                base_url=config.api_url,
+                headers=config.headers(),
+                timeout=config.request_timeout,
+                transport=shared,
+                verify=tls_context(),
+            )
+        self._client = client
 
     def send(self, call: Call[T], content: bytes | Iterable[bytes] | None = None) -> T:
         """Send a call (optionally with a raw body) and parse its answer."""

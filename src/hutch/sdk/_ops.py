@@ -85,6 +85,8 @@ def sandbox_file(path: str, user: ExecUser | str = ExecUser.user) -> str:
     """A sandbox path; a relative one is taken from the user's home directory (as in e2b)."""
     if path.startswith("/"):
         return path
+    if not path.strip():
+        raise ValueError("path is empty: give a file or directory in the sandbox")
     home = "/root" if choice(ExecUser, user, "user") is ExecUser.root else SANDBOX_USER_HOME
     return posixpath.join(home, path)
 

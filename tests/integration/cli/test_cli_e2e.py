@@ -88,6 +88,15 @@ def test_exec_streams_binary_stdin(sandbox_id: str) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    # A command that stops reading early ends the call with its own result.
+    r = subprocess.run(
+        [*CLI, "sandbox", "exec", "--stdin", sandbox_id, "head -1"],
+        input=b"first\n" + b"more\n" * 2_000_000,
+        capture_output=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert (r.returncode, r.stdout) == (0, b"first\n"), r.stderr
 
 
 def test_ctrl_c_ends_the_command_in_the_sandbox(sandbox_id: str) -> None:

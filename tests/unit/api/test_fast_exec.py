@@ -69,7 +69,7 @@ def test_fast_and_routed_exec_answer_alike(make_app: AppFactory, path_taken: lis
         as_json = {**own, "content-type": "application/json"}
         true = {"cmd": ["true"]}
         # (what, url, headers, request body; how the fast path takes it)
-        cases: list[tuple[str, str, dict[str, str], dict[str, Any], list[str]]] = [
+        cases: list[tuple[str, str, Any, dict[str, Any], list[str]]] = [
             (
                 "exit 3",
                 path,
@@ -118,6 +118,17 @@ def test_fast_and_routed_exec_answer_alike(make_app: AppFactory, path_taken: lis
             ("chunked", path, as_json, {"content": _chunks()}, ROUTED),
             ("too large", path, as_json, {"content": b" " * (EXEC_BODY_MAX + 1)}, ROUTED),
             ("id too long", f"/v1/sandboxes/{'x' * 65}/exec", own, {"json": true}, ROUTED),
+            (
+                "two content types",  # the first counts, as Starlette reads headers
+                path,
+                [
+                    *own.items(),
+                    ("content-type", "text/plain"),
+                    ("content-type", "application/json"),
+                ],
+                {"content": b'{"cmd": ["true"]}'},
+                ROUTED,
+            ),
         ]
         for what, url, headers, body, expected in cases:
             path_taken.clear()

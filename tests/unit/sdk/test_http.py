@@ -231,3 +231,20 @@ def test_open_handles_share_warm_connections_and_the_last_close_releases_them() 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_behind_a_proxy_the_environment_proxy_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    http = SyncHttp(ConnectionConfig("https://hutch.example", "sk_test_k", 5))
+    try:
+        transport = http._client._transport_for_url(httpx.URL("https://hutch.example/v1/me"))
+        assert not isinstance(transport, _http._SharedTransport)
+        assert transport is not http._client._transport  # the proxy's route, not the default
+    finally:
+        http.close()
+    monkeypatch.delenv("HTTPS_PROXY")
+    http = SyncHttp(ConnectionConfig("https://hutch.example", "sk_test_k", 5))
+    try:
+        assert isinstance(http._client._transport, _http._SharedTransport)
+    finally:
+        http.close()

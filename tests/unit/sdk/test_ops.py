@@ -159,6 +159,8 @@ def test_relative_paths_are_in_the_users_home() -> None:
         "overwrite": False,
     }
     assert _ops.read_file("sbx_1", "/etc/hostname").params == (("path", "/etc/hostname"),)
+    with pytest.raises(InvalidRequestError, match="path is empty"):
+        _ops.remove("sbx_1", "")  # never the whole home directory
 
 
 def test_create_waits_as_long_as_the_server_may() -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # anyio's default worker-thread limit: no more sessions than that are ever open at once.
 SQLITE_POOL_SIZE = 40
+SQLITE_MIN = (3, 35)  # RETURNING
 
 
 def normalize_url(url: str) -> str:
@@ -127,6 +128,12 @@ class Database:
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": self.dialect != "sqlite"}
         if self.dialect == "sqlite":
+            if sqlite3.sqlite_version_info < SQLITE_MIN:
+                raise RuntimeError(
+                    f"SQLite {'.'.join(map(str, SQLITE_MIN))} or newer is needed (UPDATE … "
+                    f"RETURNING); this Python has {sqlite3.sqlite_version}: use PostgreSQL "
+                    "(HUTCH_DATABASE_URL) or a newer SQLite"
+                )
             # Sessions hop between the event loop and worker threads (never concurrently).
             kwargs["connect_args"] = {"check_same_thread": False}
             if parsed.database and parsed.database != ":memory:":

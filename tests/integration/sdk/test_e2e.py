@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +73,50 @@ def test_top_level_import(api: Server) -> None:
     import hutch
 
     assert hutch.Sandbox is Sandbox and hutch.AsyncSandbox is AsyncSandbox
+
+
+RUN_UNTIL_INTERRUPTED = """
+import asyncio, sys
+from hutch import AsyncSandbox, Sandbox
+
+async def main_async(sid, cmd):
+    sb = await AsyncSandbox.connect(sid)
+    await sb.commands.run(cmd, on_stdout=lambda s: print(s, end="", flush=True), timeout=700)
+
+sid, cmd, kind = sys.argv[1:]
+if kind == "async":
+    asyncio.run(main_async(sid, cmd))
+else:
+    Sandbox.connect(sid).commands.run(
+        cmd, on_stdout=lambda s: print(s, end="", flush=True), timeout=700
+    )
+"""
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_ctrl_c_in_a_program_kills_its_command(api: Server, tmp_path: Path, kind: str) -> None:
+    """A program stopped with Ctrl-C (KeyboardInterrupt; under asyncio.run, a cancellation
+    of everything) takes the command it was running with it."""
+    script = tmp_path / "run.py"
+    script.write_text(RUN_UNTIL_INTERRUPTED)
+    secs = f"600.{os.getpid()}{len(kind)}"  # names the command's processes
+    with Sandbox.create(timeout=300) as sb:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), sb.sandbox_id, f"echo started; sleep {secs}; true", kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        count = f"grep -l '{secs[:-1]}[{secs[-1]}]' /proc/[0-9]*/cmdline | wc -l"
+        deadline = time.monotonic() + 10
+        while (left := sb.commands.run(count).stdout.strip()) != "0":
+            assert time.monotonic() < deadline, f"{left} processes of the command still run"
+            time.sleep(0.2)

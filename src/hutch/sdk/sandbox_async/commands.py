@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, overload
@@ -26,6 +27,7 @@ async def _call(cb: Callable[[Any], object], value: str | bytes) -> None:
 
 
 _DETACHED: set[asyncio.Future[Any]] = set()
+KILL_WAIT_S = 2.0
 
 
 def _detach(task: asyncio.Future[Any]) -> None:
@@ -264,9 +266,13 @@ class AsyncCommands:
                 return await handle.wait(on_stdout, on_stderr)
             except BaseException:
                 # Cancelled, or a callback raised: the command dies with the call. The kill is a
-                # task of its own so that it is sent even while this one is being cancelled.
+                # task of its own so that it is sent even while this one is being cancelled,
+                # and waited for briefly: `asyncio.run` cancels what is left when it ends.
                 if handle.exit_code is None:
-                    _detach(asyncio.ensure_future(handle.kill()))
+                    kill = asyncio.ensure_future(handle.kill())
+                    _detach(kill)
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(asyncio.shield(kill), KILL_WAIT_S)
                 raise
         rt = self._http.config.request_timeout if request_timeout is None else request_timeout
         result = await self._http.send(_ops.exec_call(self._sandbox_id, req, rt))

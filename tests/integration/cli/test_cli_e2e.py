@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.sdk.server import Server
+from tests.support.interrupt import interrupt_when_started, marked_command, wait_until_gone
 
 pytestmark = pytest.mark.slow
 CLI = (sys.executable, "-m", "hutch.cli.main")
@@ -100,36 +101,9 @@ def test_exec_streams_binary_stdin(sandbox_id: str) -> None:
 
 
 def test_ctrl_c_ends_the_command_in_the_sandbox(sandbox_id: str) -> None:
-    # The shell and its child both name this duration: neither may survive.
-    secs = f"600.{os.getpid()}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hutch.cli.main",
-            "sandbox",
-            "exec",
-            sandbox_id,
-            f"echo started; sleep {secs}; true",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
-    finally:
-        proc.kill()
-        proc.wait()
-    # (the pattern does not match its own command line)
-    count = f"grep -l '{secs[:-1]}[{secs[-1]}]' /proc/[0-9]*/cmdline | wc -l"
-    deadline = time.monotonic() + 20
-    while (left := hutch("sandbox", "exec", sandbox_id, count).stdout.strip()) != "0":
-        assert time.monotonic() < deadline, f"{left} processes still running"
-        time.sleep(0.2)
+    cmd, count = marked_command()
+    assert interrupt_when_started([*CLI, "sandbox", "exec", sandbox_id, cmd]) == 130
+    wait_until_gone(lambda: hutch("sandbox", "exec", sandbox_id, count).stdout)
 
 
 def test_cp_round_trip(sandbox_id: str, tmp_path: Path) -> None:

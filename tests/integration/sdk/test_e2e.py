@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +12,7 @@ import pytest
 from hutch.sdk import AsyncSandbox, Sandbox
 from tests.integration.sdk import scenarios
 from tests.integration.sdk.server import Server
+from tests.support.interrupt import interrupt_when_started, marked_command, wait_until_gone
 
 pytestmark = pytest.mark.slow
 KINDS = [Sandbox, AsyncSandbox]
@@ -99,24 +96,7 @@ def test_ctrl_c_in_a_program_kills_its_command(api: Server, tmp_path: Path, kind
     of everything) takes the command it was running with it."""
     script = tmp_path / "run.py"
     script.write_text(RUN_UNTIL_INTERRUPTED)
-    secs = f"600.{os.getpid()}{len(kind)}"  # names the command's processes
+    cmd, count = marked_command()
     with Sandbox.create(timeout=300) as sb:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), sb.sandbox_id, f"echo started; sleep {secs}; true", kind],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ.copy(),
-        )
-        try:
-            assert proc.stdout is not None and proc.stdout.readline() == "started\n"
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
-        finally:
-            proc.kill()
-            proc.wait()
-        count = f"grep -l '{secs[:-1]}[{secs[-1]}]' /proc/[0-9]*/cmdline | wc -l"
-        deadline = time.monotonic() + 10
-        while (left := sb.commands.run(count).stdout.strip()) != "0":
-            assert time.monotonic() < deadline, f"{left} processes of the command still run"
-            time.sleep(0.2)
+        interrupt_when_started([sys.executable, str(script), sb.sandbox_id, cmd, kind])
+        wait_until_gone(lambda: sb.commands.run(count).stdout)

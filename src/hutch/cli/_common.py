@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from hutch.sdk.client import Hutch
 from hutch.sdk.config import ENV_API_KEY, ENV_API_URL, ConnectionConfig
 from hutch.sdk.exceptions import HutchSDKError, InvalidRequestError
 
@@ -244,3 +245,18 @@ def parse_location(arg: str) -> Location:
 def stdout_is_tty() -> bool:
     """Whether stdout is a terminal (tables and progress only then)."""
     return sys.stdout.isatty()
+
+
+def admin_client(api_url: str | None, api_key: str | None) -> Hutch:
+    """The SDK's account and key client, configured from the options or the environment."""
+    return Hutch(config=config(api_url, api_key))
+
+
+def show(value: Any, json_out: bool, columns: tuple[str, ...]) -> None:
+    """An answer as JSON, a table of `columns` for a list, or field/value rows for one item."""
+    if json_out:
+        print_json(value)
+    elif isinstance(value, list):
+        print_table(value, columns)
+    else:
+        print_table([{"field": k, "value": v} for k, v in value.items()], ("field", "value"))

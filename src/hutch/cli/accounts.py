@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from hutch.cli import _common as c
-from hutch.sdk.client import Hutch
 
 keys = typer.Typer(help="API keys: create, list, rotate, revoke.", no_args_is_help=True)
 projects = typer.Typer(help="Projects.", no_args_is_help=True)
@@ -26,19 +25,6 @@ KEY_COLUMNS = (
 )
 PROJECT_COLUMNS = ("project_id", "name", "team_id", "audit_exec", "created_at")
 USER_COLUMNS = ("user_id", "email", "name", "is_admin", "created_at")
-
-
-def _client(api_url: str | None, api_key: str | None) -> Hutch:
-    return Hutch(config=c.config(api_url, api_key))
-
-
-def _show(value: Any, json_out: bool, columns: tuple[str, ...]) -> None:
-    if json_out:
-        c.print_json(value)
-    elif isinstance(value, list):
-        c.print_table(value, columns)
-    else:
-        c.print_table([{"field": k, "value": v} for k, v in value.items()], ("field", "value"))
 
 
 def _secret_notice(answer: dict[str, Any], json_out: bool) -> None:
@@ -63,9 +49,9 @@ def keys_create(
     """Create an API key (its secret is printed once)."""
     if mode not in ("live", "test"):
         raise typer.BadParameter("mode must be 'live' or 'test'", param_hint="--mode")
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.create_key(name, scope, mode, project_id=project, user_id=user)
-    _show(answer, json_out, KEY_COLUMNS)
+    c.show(answer, json_out, KEY_COLUMNS)
     _secret_notice(answer, json_out)
 
 
@@ -73,8 +59,8 @@ def keys_create(
 @c.handle_errors
 def keys_ls(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False) -> None:
     """List API keys (never their secrets)."""
-    with _client(api_url, api_key) as h:
-        _show(h.list_keys(), json_out, KEY_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.list_keys(), json_out, KEY_COLUMNS)
 
 
 @keys.command("rotate")
@@ -89,9 +75,9 @@ def keys_rotate(
     json_out: c.Json = False,
 ) -> None:
     """Issue a new secret for a key."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.rotate_key(key_id, grace_s)
-    _show(answer, json_out, KEY_COLUMNS)
+    c.show(answer, json_out, KEY_COLUMNS)
     _secret_notice(answer, json_out)
 
 
@@ -104,7 +90,7 @@ def keys_revoke(
     json_out: c.Json = False,
 ) -> None:
     """Revoke a key at once."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         h.revoke_key(key_id)
     if json_out:
         c.print_json({"key_id": key_id, "revoked": True})
@@ -118,8 +104,8 @@ def projects_ls(
     api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False
 ) -> None:
     """List projects."""
-    with _client(api_url, api_key) as h:
-        _show(h.list_projects(), json_out, PROJECT_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.list_projects(), json_out, PROJECT_COLUMNS)
 
 
 @projects.command("create")
@@ -133,8 +119,8 @@ def projects_create(
 ) -> None:
     """Create a project."""
     extra = {"team_id": team} if team else {}
-    with _client(api_url, api_key) as h:
-        _show(h.create_project(name, **extra), json_out, PROJECT_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.create_project(name, **extra), json_out, PROJECT_COLUMNS)
 
 
 @projects.command("update")
@@ -154,16 +140,16 @@ def projects_update(
     changes = {k: v for k, v in {"name": name, "audit_exec": audit_exec}.items() if v is not None}
     if not changes:
         raise ValueError("give --name and/or --audit-exec/--no-audit-exec")
-    with _client(api_url, api_key) as h:
-        _show(h.update_project(project_id, **changes), json_out, PROJECT_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.update_project(project_id, **changes), json_out, PROJECT_COLUMNS)
 
 
 @users.command("ls")
 @c.handle_errors
 def users_ls(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False) -> None:
     """List users."""
-    with _client(api_url, api_key) as h:
-        _show(h.list_users(), json_out, USER_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.list_users(), json_out, USER_COLUMNS)
 
 
 @users.command("create")
@@ -179,15 +165,15 @@ def users_create(
     json_out: c.Json = False,
 ) -> None:
     """Create a user."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.create_user(email, name or email.split("@")[0], is_admin=admin)
-    _show(answer, json_out, USER_COLUMNS)
+    c.show(answer, json_out, USER_COLUMNS)
 
 
 @c.handle_errors
 def me(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False) -> None:
     """Who the API key belongs to."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.me()
     if json_out:
         c.print_json(answer)

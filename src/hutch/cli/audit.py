@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from hutch.cli import _common as c
-from hutch.sdk.client import Hutch
 
 app = typer.Typer(
     help="Audit trails: verify the admin log, list and export execs.", no_args_is_help=True
@@ -19,10 +18,6 @@ app = typer.Typer(
 EXEC_COLUMNS = ("started_at", "sandbox_id", "command", "kind", "pid", "exit_code", "ended_at")
 LOG_COLUMNS = ("seq", "at", "action", "target_type", "target_id", "actor_user_id", "source_ip")
 EXIT_TAMPERED = 1
-
-
-def _client(api_url: str | None, api_key: str | None) -> Hutch:
-    return Hutch(config=c.config(api_url, api_key))
 
 
 @app.command("verify")
@@ -108,7 +103,7 @@ def execs(
         }.items()
         if v is not None
     }
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         if export is not None:
             if export not in ("jsonl", "csv"):
                 raise ValueError("--export must be jsonl or csv")
@@ -131,7 +126,7 @@ def admin_log(
     json_out: c.Json = False,
 ) -> None:
     """Admin log entries in chain order (server administrators)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         page = h.admin_log(after_seq=after, limit=limit)
     if json_out:
         c.print_json(page)
@@ -159,7 +154,7 @@ def users_suspend(
     json_out: c.Json = False,
 ) -> None:
     """Suspend: no new sandboxes or commands until reinstated."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.suspend(_kind(team), subject_id, reason)
     c.print_json(answer) if json_out else typer.echo(f"{subject_id} suspended")
 
@@ -174,7 +169,7 @@ def users_unsuspend(
     json_out: c.Json = False,
 ) -> None:
     """Reinstate a suspended user or team."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         h.unsuspend(_kind(team), subject_id, reason)
     typer.echo(f"{subject_id} reinstated")
 
@@ -192,7 +187,7 @@ def users_terminate(
     """Terminate for good: keys revoked, running sandboxes killed."""
     if not yes:
         typer.confirm(f"terminate {subject_id} for good?", abort=True)
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.terminate(_kind(team), subject_id, reason)
     if json_out:
         c.print_json(answer)

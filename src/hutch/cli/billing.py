@@ -10,16 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from hutch.cli import _common as c
-from hutch.sdk.client import Hutch
 from hutch.services.pricing import format_dollars
 
 billing = typer.Typer(help="Balance, credits, invoices and payment method.", no_args_is_help=True)
 BAR_WIDTH = 40
 GROUPS = ("day", "project", "sandbox", "size")
-
-
-def _client(api_url: str | None, api_key: str | None) -> Hutch:
-    return Hutch(config=c.config(api_url, api_key))
 
 
 def _money(micros: Any) -> str:
@@ -55,7 +50,7 @@ def usage(
     """Usage and cost so far, as a table and a bar chart."""
     if group_by not in GROUPS:
         raise typer.BadParameter(f"choose one of {', '.join(GROUPS)}", param_hint="--by")
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         if csv_out:
             typer.echo(h.usage_csv(start=start, end=end), nl=False)
             return
@@ -96,7 +91,7 @@ def billing_summary(
     api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False
 ) -> None:
     """Balance, cost so far this month, payment method, warnings."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         s = h.billing_summary()
     if json_out:
         c.print_json(s)
@@ -112,7 +107,7 @@ def billing_credits(
     api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False
 ) -> None:
     """Credit grants and what is left of them."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         grants = h.credits()
     if json_out:
         c.print_json(grants)
@@ -130,7 +125,7 @@ def billing_invoices(
     api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False
 ) -> None:
     """Invoices (the current month's upcoming one first)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         invoices = h.invoices()
     if json_out:
         c.print_json(invoices)
@@ -146,7 +141,7 @@ def billing_setup(
     api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False
 ) -> None:
     """Add a payment method: prints the link to open."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.setup_payment()
     if json_out:
         c.print_json(answer)
@@ -171,7 +166,7 @@ def billing_grant(
     extra: dict[str, Any] = {"kind": kind, "priority": priority, "reason": reason}
     if expires_at:
         extra["expires_at"] = expires_at
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         g = h.grant_credit(team_id, amount, **extra)
     if json_out:
         c.print_json(g)

@@ -29,10 +29,6 @@ Project = Annotated[
 User = Annotated[str | None, typer.Option("--user", help="Act for another user (admin keys only).")]
 
 
-def _client(api_url: str | None, api_key: str | None) -> Hutch:
-    return Hutch(config=c.config(api_url, api_key))
-
-
 def _project(h: Hutch, project: str | None) -> str:
     return project or str(h.me()["project"]["project_id"])
 
@@ -60,7 +56,7 @@ def secrets_set(
 ) -> None:
     """Create or replace a secret; the value is read from stdin or a hidden prompt."""
     value = read_secret_value(name)
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.set_secret(_project(h, project), name, value)
     if json_out:
         c.print_json(answer)
@@ -77,7 +73,7 @@ def secrets_ls(
     json_out: c.Json = False,
 ) -> None:
     """List secret names and metadata (never values)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         items = h.list_secrets(_project(h, project))
     if json_out:
         c.print_json(items)
@@ -95,7 +91,7 @@ def secrets_rm(
     json_out: c.Json = False,
 ) -> None:
     """Delete a secret."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         h.delete_secret(_project(h, project), name)
     if json_out:
         c.print_json({"name": name, "deleted": True})
@@ -114,7 +110,7 @@ def secrets_rewrap(
     json_out: c.Json = False,
 ) -> None:
     """Rewrap every secret's data key under the current KEK (values are never decrypted)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.rewrap_secrets(rotate)
     if json_out:
         c.print_json(answer)
@@ -164,7 +160,7 @@ def me_export(
     json_out: c.Json = False,
 ) -> None:
     """Download everything Hutch holds about you as a zip of JSON files."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         data = h.export_data(user)
         if output is None:
             output = Path(f"hutch-export-{user or h.me()['user']['user_id']}.zip")
@@ -192,9 +188,9 @@ def me_update(
     fields = {k: v for k, v in (("name", name), ("email", email)) if v is not None}
     if not fields:
         raise typer.BadParameter("give --name and/or --email", param_hint="--name")
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.update_profile(user, **fields)
-    accounts._show(answer, json_out, accounts.USER_COLUMNS)
+    c.show(answer, json_out, accounts.USER_COLUMNS)
 
 
 @me.command("restrict")
@@ -209,7 +205,7 @@ def me_restrict(
     json_out: c.Json = False,
 ) -> None:
     """Restrict processing of your account (no new sandboxes; data kept), or --lift it."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         _status(h.restrict(not lift, user), json_out)
 
 
@@ -228,7 +224,7 @@ def me_object(
     json_out: c.Json = False,
 ) -> None:
     """Object to optional processing (replaces the previous list)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         _status(h.set_objections(list(purposes or []), user), json_out)
 
 
@@ -248,7 +244,7 @@ def me_erase(
     """Erase your account: access ends now, personal data is purged within 30 days."""
     if confirm is None:
         confirm = str(typer.prompt("type the account's email address to erase it"))
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         answer = h.erase_account(confirm, user)
     if json_out:
         c.print_json(answer)

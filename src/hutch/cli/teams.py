@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from hutch.cli import _common as c
 from hutch.models.api import Role
-from hutch.sdk.client import Hutch
 
 app = typer.Typer(help="Teams and their members.", no_args_is_help=True)
 
@@ -19,25 +18,12 @@ TeamId = Annotated[str, typer.Argument(help="Team id (team_…).", show_default=
 UserId = Annotated[str, typer.Argument(help="User id (usr_…).", show_default=False)]
 
 
-def _client(api_url: str | None, api_key: str | None) -> Hutch:
-    return Hutch(config=c.config(api_url, api_key))
-
-
-def _show(value: Any, json_out: bool, columns: tuple[str, ...]) -> None:
-    if json_out:
-        c.print_json(value)
-    elif isinstance(value, list):
-        c.print_table(value, columns)
-    else:
-        c.print_table([{"field": k, "value": v} for k, v in value.items()], ("field", "value"))
-
-
 @app.command("ls")
 @c.handle_errors
 def teams_ls(api_url: c.ApiUrl = None, api_key: c.ApiKey = None, json_out: c.Json = False) -> None:
     """List the teams you belong to, with your role in each."""
-    with _client(api_url, api_key) as h:
-        _show(h.teams(), json_out, TEAM_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.teams(), json_out, TEAM_COLUMNS)
 
 
 @app.command("create")
@@ -49,8 +35,8 @@ def teams_create(
     json_out: c.Json = False,
 ) -> None:
     """Create a team; you become its owner."""
-    with _client(api_url, api_key) as h:
-        _show(h.create_team(name), json_out, TEAM_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.create_team(name), json_out, TEAM_COLUMNS)
 
 
 @app.command("info")
@@ -62,8 +48,8 @@ def teams_info(
     json_out: c.Json = False,
 ) -> None:
     """Show one team."""
-    with _client(api_url, api_key) as h:
-        _show(h.get_team(team_id), json_out, TEAM_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.get_team(team_id), json_out, TEAM_COLUMNS)
 
 
 @app.command("members")
@@ -75,8 +61,8 @@ def teams_members(
     json_out: c.Json = False,
 ) -> None:
     """List a team's members and their roles."""
-    with _client(api_url, api_key) as h:
-        _show(h.members(team_id), json_out, MEMBER_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.members(team_id), json_out, MEMBER_COLUMNS)
 
 
 @app.command("add-member")
@@ -92,8 +78,8 @@ def teams_add_member(
     json_out: c.Json = False,
 ) -> None:
     """Add a user to a team."""
-    with _client(api_url, api_key) as h:
-        _show(h.add_member(team_id, user_id, role), json_out, MEMBER_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.add_member(team_id, user_id, role), json_out, MEMBER_COLUMNS)
 
 
 @app.command("set-role")
@@ -109,8 +95,8 @@ def teams_set_role(
     json_out: c.Json = False,
 ) -> None:
     """Change a member's role (a team keeps at least one owner)."""
-    with _client(api_url, api_key) as h:
-        _show(h.set_role(team_id, user_id, role), json_out, MEMBER_COLUMNS)
+    with c.admin_client(api_url, api_key) as h:
+        c.show(h.set_role(team_id, user_id, role), json_out, MEMBER_COLUMNS)
 
 
 @app.command("remove-member")
@@ -123,7 +109,7 @@ def teams_remove_member(
     json_out: c.Json = False,
 ) -> None:
     """Remove a user from a team (a team keeps at least one owner)."""
-    with _client(api_url, api_key) as h:
+    with c.admin_client(api_url, api_key) as h:
         h.remove_member(team_id, user_id)
     if json_out:
         c.print_json({"team_id": team_id, "user_id": user_id, "removed": True})

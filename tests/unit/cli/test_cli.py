@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,20 @@ from hutch.sdk.exceptions import HutchSDKError
 
 # Nothing listens on port 1: any command that reached the network would fail to connect.
 NOWHERE = ["--api-url", "http://127.0.0.1:1", "--api-key", "sk_test_x"]
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with `handler`, for as long as the block runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @pytest.fixture
@@ -121,15 +136,8 @@ def stub_api() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
 
         do_GET = do_PUT = do_DELETE = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with _serving(Handler) as url:
+        yield url, seen
 
 
 def test_me_passes_its_options_on_to_its_subcommands(
@@ -286,15 +294,8 @@ def teams_api() -> Iterator[tuple[str, Seen]]:
 
         do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with _serving(Handler) as url:
+        yield url, seen
 
 
 def test_teams_commands_are_registered(run: CliRunner) -> None:

@@ -24,6 +24,12 @@ class RunnerSettings(BaseSettings):
     max_memory_mb: int = Field(default=65536, ge=128)
     max_disk_mb: int = Field(default=262144, ge=64)
     heartbeat_s: float = Field(default=10.0, gt=0, le=15.0)
+    cgroup_favor_dynmods: bool = Field(
+        default=True,
+        description="Hold a `favordynmods` cgroup hierarchy while the runner runs, so that "
+        "moving a sandbox into its cgroups never waits for an RCU grace period (5-15 ms per "
+        "create on an idle host); forks and exits host-wide then take a shared lock",
+    )
     network_pool: str = Field(
         default="10.200.0.0/16",
         description="Private IPv4 range for sandbox links (a /30 per sandbox); "

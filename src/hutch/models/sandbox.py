@@ -135,6 +135,7 @@ class RunnerInfo(WireModel):
 
     version: str
     cgroup_version: int
+    cgroup_favor_dynmods: bool = False  # cgroup moves need not wait for RCU (see RunnerSettings)
     isolation: list[IsolationInfo]
     templates: list[TemplateInfo]
     sandboxes: int

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import structlog
 import uvicorn
 
 from hutch.config import RunnerSettings
@@ -17,6 +18,7 @@ from hutch.models import IsolationClass
 from hutch.runner.app import create_app
 from hutch.runner.manager import SandboxManager
 from hutch.runtime.base import Runtime
+from hutch.runtime.namespace.cgroups import favor_dynamic_modifications
 from hutch.runtime.namespace.runtime import NamespaceRuntime
 from hutch.runtime.templates import TemplateStore
 
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         sys.exit("hutch runner: must run as root (it is the only privileged Hutch process)")
     configure_logging()
+    if settings.cgroup_favor_dynmods:
+        try:
+            favor_dynamic_modifications()
+        except OSError as e:  # an older kernel: creates still work, each waits a little longer
+            structlog.get_logger("hutch.runner").info(
+                "cgroup_favordynmods_unavailable", error=str(e)
+            )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     # Sandbox inits are re-parented to us when their launcher exits, so we can reap them.

@@ -59,6 +59,7 @@ from hutch.runner.manager import SandboxManager
 from hutch.runner.processes import Process, ProcessTable
 from hutch.runner.tunnel import Tunnels
 from hutch.runtime.base import ExitStatus
+from hutch.runtime.namespace.cgroups import favoring_dynamic_modifications
 
 PROBLEM = "application/problem+json"
 PORTS_DOC = (
@@ -170,6 +171,7 @@ def create_app(manager: SandboxManager, *, own_process: bool = False) -> FastAPI
         return RunnerInfo(
             version=__version__,
             cgroup_version=cg.version if cg is not None else 0,
+            cgroup_favor_dynmods=favoring_dynamic_modifications(),
             isolation=iso,
             templates=manager.templates.list(),
             sandboxes=len(manager.sandboxes),

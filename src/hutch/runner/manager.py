@@ -32,6 +32,7 @@ from hutch.models import (
     UsageHeartbeat,
 )
 from hutch.runner.fsconfine import replace_file
+from hutch.runner.fsflags import spread_subdirectories
 from hutch.runner.processes import ProcessTable
 from hutch.runtime.base import Runtime, SandboxPlan
 from hutch.runtime.network.egress import Egress, LiveSandbox
@@ -125,6 +126,7 @@ class SandboxManager:
         """Prepare directories, reconcile with the host, start the timers."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        spread_subdirectories(self.dir)
         await self.reconcile()
         self._tasks = [
             asyncio.create_task(self._expiry_loop()),

@@ -7,8 +7,10 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,7 @@ from hutch.models import (
     Stream,
 )
 from hutch.runner.client import RunnerClient
+from hutch.runtime.namespace.cgroups import FAVOR_HIERARCHY
 from tests.integration.runner.conftest import RunnerProc
 from tests.integration.runner.hostscan import leftovers
 
@@ -381,3 +384,42 @@ async def test_events_report_state_and_final_usage(
     assert (usage.vcpu, usage.memory_mb) == (2, 512)  # type: ignore[attr-defined]
     assert usage.window_start == sb.created_at  # type: ignore[attr-defined]
     assert usage.window_end >= usage.window_start  # type: ignore[attr-defined]
+
+
+async def test_runner_holds_a_favordynmods_hierarchy(client: RunnerClient, tmp_path: Path) -> None:
+    """While the runner runs, the kernel's cgroup moves favour dynamic changes: a sandbox joins
+    its cgroups without waiting for an RCU grace period. Mounting the runner's named hierarchy
+    again shows the option it was created with (a fresh hierarchy would not have it)."""
+    assert (await client.info()).cgroup_favor_dynmods is True
+    point = tmp_path / "cg"
+    point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "cgroup", "-o", f"none,name={FAVOR_HIERARCHY}", "cgroup", str(point)],
+        check=True,
+    )
+    try:
+        opts = next(
+            line.split(" - ")[1].split()[2]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(point)
+        )
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert "favordynmods" in opts.split(","), opts
+
+
+def test_sandbox_state_dirs_are_spread_over_block_groups(runner: RunnerProc) -> None:
+    """The runner marks its sandboxes directory as a top directory (`chattr +T`), so that
+    each sandbox's files go to their own ext4 block group (see hutch.runner.fsflags)."""
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(runner.data_dir)], capture_output=True, text=True
+    ).stdout.strip()
+    if fs != "ext2/ext3":  # what stat calls ext4
+        pytest.skip(f"the runner's data dir is on {fs}, which has no inode flags")
+    attrs = subprocess.run(
+        ["lsattr", "-d", str(runner.data_dir / "sandboxes")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    assert "T" in attrs, attrs

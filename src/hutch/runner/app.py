@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import FastAPI, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hutch import __version__
 from hutch.models import (
@@ -74,6 +74,10 @@ PORTS_DOC = (
 )
 _frames: TypeAdapter[Any] = TypeAdapter(ClientFrame)
 SandboxPath = Annotated[str, Query(min_length=1, max_length=4096, description="Absolute path")]
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status, media_type="application/json")
 
 
 def problem_response(err: HutchError, instance: str | None = None) -> JSONResponse:
@@ -181,17 +185,20 @@ def create_app(manager: SandboxManager, *, own_process: bool = False) -> FastAPI
     async def templates() -> list[TemplateInfo]:
         return manager.templates.list()
 
+    # The hot endpoints answer with the model's own JSON: FastAPI would validate the returned
+    # model again against `response_model` (kept for the schema) before serialising it.
+
     @app.post("/v1/sandboxes", status_code=201, response_model=SandboxInfo)
-    async def create(req: RunnerCreate) -> SandboxInfo:
-        return await manager.create(req)
+    async def create(req: RunnerCreate) -> Response:
+        return _json(await manager.create(req), 201)
 
     @app.get("/v1/sandboxes", response_model=list[SandboxInfo])
     async def list_sandboxes() -> list[SandboxInfo]:
         return manager.list()
 
     @app.get("/v1/sandboxes/{sid}", response_model=SandboxInfo)
-    async def get(sid: str) -> SandboxInfo:
-        return manager.get(sid).record.info()
+    async def get(sid: str) -> Response:
+        return _json(manager.get(sid).record.info())
 
     @app.delete("/v1/sandboxes/{sid}", status_code=204)
     async def kill(sid: str) -> Response:
@@ -213,17 +220,16 @@ def create_app(manager: SandboxManager, *, own_process: bool = False) -> FastAPI
     # ----------------------------------------------------------------- exec & processes
 
     @app.post("/v1/sandboxes/{sid}/exec", response_model=ExecResult | ProcessInfo)
-    async def exec_(sid: str, req: ExecRequest, response: Response) -> ExecResult | ProcessInfo:
+    async def exec_(sid: str, req: ExecRequest) -> Response:
         t = table(sid)
         if req.background:
             proc = await t.start(req, keep_stdin=True)
-            response.status_code = 201
-            return proc.info()
+            return _json(proc.info(), 201)
         if req.pty is not None:
             raise HutchError(
                 ErrorCode.invalid_request, "a PTY needs the streaming endpoint (exec/stream)"
             )
-        return await t.run(req)
+        return _json(await t.run(req))
 
     @app.get("/v1/sandboxes/{sid}/processes", response_model=list[ProcessInfo])
     async def processes(sid: str) -> list[ProcessInfo]:

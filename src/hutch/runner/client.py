@@ -159,7 +159,7 @@ class RunnerClient:
     async def create(self, req: RunnerCreate) -> SandboxInfo:
         """Create a sandbox."""
         r = await self._req("POST", "/v1/sandboxes", json=req.model_dump(mode="json"))
-        return SandboxInfo.model_validate(r.json())
+        return SandboxInfo.model_validate_json(r.content)
 
     async def get(self, sid: str) -> SandboxInfo:
         """One sandbox."""
@@ -195,8 +195,8 @@ class RunnerClient:
         """Run a command to completion (an ExecResult), or start it in the background."""
         r = await self._req("POST", f"/v1/sandboxes/{sid}/exec", json=req.model_dump(mode="json"))
         if req.background:
-            return ProcessInfo.model_validate(r.json())
-        return ExecResult.model_validate(r.json())
+            return ProcessInfo.model_validate_json(r.content)
+        return ExecResult.model_validate_json(r.content)
 
     async def run(self, sid: str, req: ExecRequest) -> ExecResult:
         """Run a command to completion."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -151,7 +152,9 @@ def serve(
     runner_socket: Annotated[
         Path | None, typer.Option(help="Socket of an existing runner (implies --no-runner)")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (HUTCH_LOG_LEVEL)")
+    ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate chain: serve HTTPS (HUTCH_TLS_CERT)")
     ] = None,
@@ -165,7 +168,7 @@ def serve(
     """Start the runner and the API server (SQLite in DATA_DIR unless HUTCH_DATABASE_URL)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    given: dict[str, Any] = {"tls_cert": tls_cert, "tls_key": tls_key}
+    given: dict[str, Any] = {"tls_cert": tls_cert, "tls_key": tls_key, "log_level": log_level}
     if tls13_only:
         given["tls13_only"] = True
     try:
@@ -174,7 +177,6 @@ def serve(
             host=host,
             port=port,
             runner_socket=runner_socket,
-            log_level=log_level,
             **{k: v for k, v in given.items() if v is not None},
         )
         if settings.tls_cert is not None and settings.tls_key is not None:
@@ -183,6 +185,7 @@ def serve(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
+    os.environ["HUTCH_LOG_LEVEL"] = settings.log_level  # the runner we start logs at it too
     proc: subprocess.Popen[bytes] | None = None
     # uvicorn handles these while it serves, then re-raises them once it has shut down; with
     # this handler that re-raise (or a signal during start-up) unwinds through `finally` below.

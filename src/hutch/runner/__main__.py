@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = RunnerSettings(**overrides)  # type: ignore[arg-type]
     if os.geteuid() != 0:
         sys.exit("hutch runner: must run as root (it is the only privileged Hutch process)")
-    configure_logging()
+    try:  # the API's level (`hutch serve` starts us with its environment)
+        configure_logging(os.environ.get("HUTCH_LOG_LEVEL", "info"))
+    except ValueError as e:
+        sys.exit(f"hutch runner: HUTCH_LOG_LEVEL: {e}")
     if settings.cgroup_favor_dynmods:
         try:
             favor_dynamic_modifications()

@@ -18,6 +18,7 @@ from hutch.cli.serve import RunnerStartError, start_runner, stop_process
 from hutch.ids import new_id
 from hutch.services.keys import is_well_formed
 from tests.integration.api.conftest import Server
+from tests.support.server import start_server as start_real_server
 
 
 def test_serve_bootstraps_and_answers_over_http(server: Server) -> None:
@@ -141,3 +142,27 @@ def test_exec_stream_refusal_over_a_real_websocket(server: Server) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
     with connect(ws_url) as ws:
         assert json.loads(ws.recv())["code"] == "unauthenticated"
+
+
+@pytest.mark.root
+def test_log_level_from_the_environment_reaches_the_api_and_the_runner(
+    server: Server, tmp_path: Path
+) -> None:
+    """HUTCH_LOG_LEVEL=warning silences the per-request and per-sandbox info lines of both
+    processes (which a server at the default level writes)."""
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        assert c.get("/v1/me", headers=server.admin_headers()).status_code == 200
+    assert '"event": "request"' in server.output()
+    quiet = start_real_server(tmp_path / "quiet", env={"HUTCH_LOG_LEVEL": "warning"})
+    try:
+        with httpx.Client(base_url=quiet.url, timeout=60) as c:
+            h = quiet.admin_headers()
+            made = c.post("/v1/sandboxes", headers=h, json={"timeout_s": 60})
+            assert made.status_code == 201, made.text
+            gone = c.delete(f"/v1/sandboxes/{made.json()['sandbox_id']}", headers=h)
+            assert gone.status_code == 204
+    finally:
+        quiet.stop()
+    out = quiet.output()
+    assert '"event": "request"' not in out and "sandbox_created" not in out, out[-2000:]
+    assert '"level": "info"' not in out, out[-2000:]

@@ -423,3 +423,20 @@ def test_sandbox_state_dirs_are_spread_over_block_groups(runner: RunnerProc) -> 
         check=True,
     ).stdout.split()[0]
     assert "T" in attrs, attrs
+
+
+async def test_the_launcher_names_the_disks_loop_device(
+    client: RunnerClient, runner: RunnerProc
+) -> None:
+    """The runner learns which loop device holds a sandbox's disk, so that a kill waits for
+    that one device to detach instead of reading every loop device on the host."""
+    sid = (await client.create(RunnerCreate(timeout_s=60))).sandbox_id
+    state = runner.data_dir / "sandboxes" / sid
+    try:
+        loop = json.loads((state / "init.json").read_text())["loop"]
+        backing = Path(f"/sys/block/{loop}/loop/backing_file").read_text().strip()
+        assert backing == str(state / "disk.img")
+    finally:
+        await client.kill(sid)
+    gone = Path(f"/sys/block/{loop}/loop/backing_file")
+    assert not gone.exists() or gone.read_text().strip() != str(state / "disk.img")

@@ -14,6 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hutch.models import ErrorCode, ExecRequest, HutchError, IsolationClass, PtySize, SandboxStats
 from hutch.models.common import SANDBOX_USER_HOME, SANDBOX_USER_UID, ExecUser
@@ -54,6 +55,7 @@ class _Live:
     init_pid: int
     start: int | None  # start time: a reused pid is never taken for this sandbox's PID 1
     conn: InitConnection
+    loop: str | None = None  # the disk's loop device (`loop7`), known since the launcher said
 
 
 class _Waiter(ExitWaiter):
@@ -158,31 +160,46 @@ class NamespaceRuntime(Runtime):
                     ErrorCode.internal,
                     f"the sandbox could not be started: {err.decode(errors='replace').strip()}",
                 )
-            init_pid = int(out.split()[0])
+            said = out.decode(errors="replace").split()
+            init_pid, loop = int(said[0]), _loop_name(said[1:])
+            start = proc_start_time(init_pid)
             (plan.state_dir / "init.json").write_text(
-                json.dumps({"pid": init_pid, "start": proc_start_time(init_pid)})
+                json.dumps({"pid": init_pid, "start": start, "loop": loop})
             )
             conn = InitConnection(str(plan.state_dir / "ctl.sock"))
             await conn.connect()
-            self._live[plan.sandbox_id] = _Live(init_pid, proc_start_time(init_pid), conn)
+            self._live[plan.sandbox_id] = _Live(init_pid, start, conn, loop)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.destroy(plan)
             raise
+
+    def _init_record(self, plan: SandboxPlan) -> dict[str, Any]:
+        try:
+            rec = json.loads((plan.state_dir / "init.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return rec if isinstance(rec, dict) else {}
 
     def _init_pid(self, plan: SandboxPlan) -> int | None:
         """PID 1's host pid, if that process still is this sandbox's init."""
         live = self._live.get(plan.sandbox_id)
         if live is not None:
             return live.init_pid if proc_start_time(live.init_pid) == live.start else None
-        try:
-            rec = json.loads((plan.state_dir / "init.json").read_text())
-        except (OSError, ValueError):
+        rec = self._init_record(plan)
+        if "pid" not in rec:
             return None
         pid = int(rec["pid"])
         if proc_start_time(pid) != rec.get("start"):
             return None
         return pid
+
+    def _loop(self, plan: SandboxPlan) -> str | None:
+        """The loop device of the sandbox's disk, if the launcher reported it."""
+        live = self._live.get(plan.sandbox_id)
+        if live is not None:
+            return live.loop
+        return _loop_name([str(self._init_record(plan).get("loop") or "")])
 
     async def is_alive(self, plan: SandboxPlan) -> bool:
         """Whether PID 1 runs; reconnects to it after a runner restart."""
@@ -203,6 +220,7 @@ class NamespaceRuntime(Runtime):
         the mount namespace, which unmounts the rootfs and detaches the loop device), then
         remove cgroups and files."""
         pid = self._init_pid(plan)  # checked against its start time: never a reused pid
+        loop = self._loop(plan)
         live = self._live.pop(plan.sandbox_id, None)
         if live is not None:
             live.conn.close()
@@ -212,7 +230,7 @@ class NamespaceRuntime(Runtime):
             await _reap(pid)
         if self._cgroups is not None or self.health().available:
             await asyncio.to_thread(self.cgroups.remove, plan.sandbox_id)
-        await _wait_loop_detached(plan.state_dir / "disk.img")
+        await _wait_loop_detached(plan.state_dir / "disk.img", loop)
         for name in ("disk.img", "ctl.sock", "init.json"):
             (plan.state_dir / name).unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -379,23 +397,40 @@ async def _reap(pid: int, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.002)
 
 
-def _loop_devices_of(image: Path) -> list[str]:
-    out = []
+def _loop_name(said: list[str]) -> str | None:
+    """A loop device name as the launcher reports it (`loop7`), or None."""
+    name = said[0] if said else ""
+    return name if name.startswith("loop") and name[4:].isdigit() else None
+
+
+def _backs(name: str, target: str) -> bool:
+    try:
+        with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
+            return f.read().rstrip(b"\n").decode(errors="replace") == target
+    except OSError:  # not a loop device, or nothing attached: it backs nothing
+        return False
+
+
+def _loop_devices_of(image: Path, known: str | None = None) -> list[str]:
+    """Loop devices backed by `image`: just `known` when the launcher said which one it used
+    (the host may have hundreds of loop devices), else every one."""
     target = str(image)
-    for dev in Path("/sys/block").glob("loop*"):
-        with contextlib.suppress(OSError):
-            if (dev / "loop" / "backing_file").read_text().strip() == target:
-                out.append(dev.name)
-    return out
+    if known is not None:
+        return [known] if _backs(known, target) else []
+    try:
+        names = [e.name for e in os.scandir("/sys/block") if e.name.startswith("loop")]
+    except OSError:
+        return []
+    return [n for n in names if _backs(n, target)]
 
 
-async def _wait_loop_detached(image: Path, timeout: float = 5.0) -> None:
+async def _wait_loop_detached(image: Path, known: str | None = None, timeout: float = 5.0) -> None:
     """The loop device detaches itself once the sandbox's mount namespace is freed."""
     deadline = time.monotonic() + timeout
-    while _loop_devices_of(image):
+    while _loop_devices_of(image, known):
         if time.monotonic() > deadline:
             # Something still holds it; detach by force so no device is left behind.
-            for name in _loop_devices_of(image):
+            for name in _loop_devices_of(image, known):
                 with contextlib.suppress(OSError):
                     fd = os.open(f"/dev/{name}", os.O_RDWR)
                     try:

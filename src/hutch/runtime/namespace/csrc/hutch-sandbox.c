@@ -96,6 +96,7 @@ struct opts {
     int ncg;
     unsigned long uid_base;
     int seccomp;
+    char loopdev[64]; /* the disk's loop device, reported to the runner with PID 1 */
 };
 
 static void write_file(const char *path, const char *buf) {
@@ -214,7 +215,8 @@ static void mkdir_p(const char *path, mode_t mode) {
 
 /* Runs in the launcher after it joined the child's mount namespace. */
 static void build_rootfs(struct opts *o, pid_t child) {
-    char path[4096], p2[4096], data[16384], loopdev[64];
+    char path[4096], p2[4096], data[16384];
+    char *loopdev = o->loopdev;
     snprintf(path, sizeof path, "/proc/%d/ns/user", child);
     int userns = open(path, O_RDONLY | O_CLOEXEC);
     if (userns < 0) die("open %s", path);
@@ -240,7 +242,7 @@ static void build_rootfs(struct opts *o, pid_t child) {
         if (off >= sizeof data) { errno = 0; die("too many lower layers"); }
     }
 
-    int dev = attach_loop(o->disk, loopdev, sizeof loopdev);
+    int dev = attach_loop(o->disk, loopdev, sizeof o->loopdev);
     snprintf(p2, sizeof p2, "%s/mnt/disk", o->state_dir);
     mkdir_p(p2, 0700);
     /* noinit_itable: the sparse image's unwritten inode tables already read as zeros */
@@ -826,7 +828,8 @@ int main(int argc, char **argv) {
     send_fd(sp[0], 'R', rootfd);
     close(rootfd);
     if (sync_read(sp[0]) != 'D') _exit(1);
-    printf("%d\n", child);
+    /* PID 1 and the loop device (without /dev/): the runner waits for that one to detach */
+    printf("%d %s\n", child, o.loopdev + 5);
     fflush(stdout);
     return 0;
 }

@@ -332,7 +332,7 @@ class SandboxManager:
                 sb.processes.close()
             await self.egress.detach(rec.slot)
             await self.runtimes[rec.isolation].destroy(sb.plan)
-            shutil.rmtree(sb.plan.state_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, sb.plan.state_dir, ignore_errors=True)
             self.sandboxes.pop(sandbox_id, None)
             self.tombstones[sandbox_id] = (self.clock(), reason)
             while len(self.tombstones) > TOMBSTONES:

@@ -9,9 +9,13 @@ tens of milliseconds, so each size is formatted once and new disks are sparse co
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import secrets
 import subprocess
+import threading
 from pathlib import Path
 
 MKFS = [
@@ -34,14 +38,27 @@ MKFS = [
 
 
 class DiskImages:
-    """Makes and clones sparse ext4 images."""
+    """Makes and clones sparse ext4 images.
 
-    def __init__(self, cache_dir: Path) -> None:
+    With `ready_per_size`, a few copies of each size in use are made ahead of time, off the
+    create path, and flushed to disk there: the loop device that mounts a disk with direct I/O
+    first flushes whatever of its file is still in the page cache, which for a just-made copy
+    is all of it (about 2 ms per create). A create then only renames a ready copy into place.
+    """
+
+    def __init__(self, cache_dir: Path, ready_per_size: int = 0) -> None:
         self.cache_dir = cache_dir
+        self.ready_per_size = ready_per_size
+        self._lock = threading.Lock()
+        self._ready: dict[int, list[Path]] = {}  # size -> ready copies, found on first use
+        self._filling: set[int] = set()
+
+    def _name(self, size_mb: int) -> str:
+        return f"ext4-v2-{size_mb}m"
 
     def golden(self, size_mb: int) -> Path:
         """The pre-formatted image for `size_mb`, formatted on first use."""
-        path = self.cache_dir / f"ext4-v2-{size_mb}m.img"
+        path = self.cache_dir / f"{self._name(size_mb)}.img"
         if path.exists():
             return path
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +81,82 @@ class DiskImages:
         return path
 
     def clone(self, size_mb: int, dest: Path) -> None:
-        """Create `dest` as a sparse copy of the golden image for `size_mb`."""
-        src = self.golden(size_mb)
-        sparse_copy(src, dest)
+        """Create `dest` as a sparse copy of the golden image for `size_mb` (a ready one if
+        there is one; the pool is then topped up in the background)."""
+        if self.ready_per_size <= 0:
+            sparse_copy(self.golden(size_mb), dest)
+            return
+        ready = self._take(size_mb)
+        try:
+            if ready is not None:
+                try:
+                    os.rename(ready, dest)  # dest is new: nothing is replaced
+                    return
+                except OSError as e:
+                    ready.unlink(missing_ok=True)
+                    if e.errno == errno.EXDEV:  # the pool is on another file system: no pool
+                        self.ready_per_size = 0
+            sparse_copy(self.golden(size_mb), dest)
+        finally:
+            self._refill_later(size_mb)
+
+    def _ready_dir(self, size_mb: int) -> Path:
+        return self.cache_dir / "ready" / self._name(size_mb)
+
+    def _take(self, size_mb: int) -> Path | None:
+        with self._lock:
+            if size_mb not in self._ready:
+                self._ready[size_mb] = self._found(size_mb)
+            ready = self._ready[size_mb]
+            return ready.pop() if ready else None
+
+    def _found(self, size_mb: int) -> list[Path]:
+        """Copies left by an earlier run (each was flushed before it got its name); unfinished
+        ones are removed."""
+        d = self._ready_dir(size_mb)
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.scandir(d):
+                if e.name.endswith(".img"):
+                    found.append(Path(e.path))
+                else:
+                    Path(e.path).unlink(missing_ok=True)
+        return found
+
+    def _refill_later(self, size_mb: int) -> None:
+        with self._lock:
+            if size_mb in self._filling or len(self._ready[size_mb]) >= self.ready_per_size:
+                return
+            self._filling.add(size_mb)
+        threading.Thread(
+            target=self._refill, args=(size_mb,), name=f"disk-pool-{size_mb}m", daemon=True
+        ).start()
+
+    def _refill(self, size_mb: int) -> None:
+        try:
+            d = self._ready_dir(size_mb)
+            d.mkdir(parents=True, exist_ok=True)
+            golden = self.golden(size_mb)
+            while True:
+                with self._lock:
+                    if len(self._ready[size_mb]) >= self.ready_per_size:
+                        return
+                tmp = d / f"{secrets.token_hex(8)}.tmp"  # never the name of a ready copy
+                path = tmp.with_suffix(".img")
+                sparse_copy(golden, tmp, flush=True)
+                os.rename(tmp, path)
+                with self._lock:
+                    self._ready[size_mb].append(path)
+        except OSError:
+            pass  # creates copy on the spot, as without a pool
+        finally:
+            with self._lock:
+                self._filling.discard(size_mb)
 
 
-def sparse_copy(src: Path, dest: Path) -> None:
-    """Copy only the data extents of `src` into a new sparse file `dest` of the same size."""
+def sparse_copy(src: Path, dest: Path, *, flush: bool = False) -> None:
+    """Copy only the data extents of `src` into a new sparse file `dest` of the same size
+    (and, with `flush`, write it to disk before returning)."""
     fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd_in).st_size
@@ -91,6 +177,8 @@ def sparse_copy(src: Path, dest: Path) -> None:
                         break
                     off += n
                 pos = hole
+            if flush:
+                os.fdatasync(fd_out)
         finally:
             os.close(fd_out)
     except BaseException:

@@ -34,6 +34,7 @@ from hutch.runtime.namespace.initproto import InitConnection, InitError
 from hutch.runtime.namespace.netns import connect_in_netns
 
 PIDS_LIMIT = 4096
+READY_DISKS = 4  # disk copies per size made ahead of creates (see DiskImages)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
@@ -80,7 +81,7 @@ class NamespaceRuntime(Runtime):
         self.cgroup_parent = cgroup_parent
         self._cgroups: Cgroups | None = None
         self._binary: Path | None = None
-        self._disks = DiskImages(work_dir / "disks")
+        self._disks = DiskImages(work_dir / "disks", ready_per_size=READY_DISKS)
         self._live: dict[str, _Live] = {}
         self._health: RuntimeHealth | None = None
 

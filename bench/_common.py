@@ -26,6 +26,25 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
+def _busy_idle() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, idle
+
+
+def quiesce(max_s: float = 15.0, window_s: float = 0.25, busy_below: float = 0.15) -> None:
+    """Wait until the host is nearly idle (e.g. the kernel has torn down killed sandboxes'
+    namespaces), so that the next measurement does not pay for the previous one."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        b0, i0 = _busy_idle()
+        time.sleep(window_s)
+        b1, i1 = _busy_idle()
+        if (b1 - b0) <= busy_below * max(1, (b1 - b0) + (i1 - i0)):
+            return
+
+
 def summary(
     name: str, xs_s: list[float], baseline_p50_ms: float | None = None
 ) -> dict[str, object]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._common import print_table, save, summary
+from bench._common import print_table, quiesce, save, summary
 from hutch import Sandbox
 from hutch.models import ExecRequest, RunnerCreate
 from hutch.runner.client import RunnerClient
@@ -87,26 +87,6 @@ def main(n: int) -> None:
         kw = {"api_url": url, "api_key": key}
         Sandbox.create(**kw).kill()  # warm-up
 
-        async def direct() -> tuple[list[float], list[float]]:
-            out, execs = [], []
-            async with RunnerClient(data / "runner.sock") as c:
-                live = []  # killed at the end, as the SDK's are: both runs see the same host
-                for _ in range(n):
-                    t = time.perf_counter()
-                    sb = await c.create(RunnerCreate())
-                    await c.run(sb.sandbox_id, ExecRequest(cmd=["true"]))
-                    out.append(time.perf_counter() - t)
-                    live.append(sb.sandbox_id)
-                for sid in live:
-                    await c.kill(sid)
-                sb = await c.create(RunnerCreate())
-                for _ in range(n * 4):
-                    t = time.perf_counter()
-                    await c.run(sb.sandbox_id, ExecRequest(cmd=["true"]))
-                    execs.append(time.perf_counter() - t)
-                await c.kill(sb.sandbox_id)
-            return out, execs
-
         async def direct_concurrent(total: int) -> float:
             # 16 clients at once on the runner socket: the ceiling for the API's creates/s.
             async with RunnerClient(data / "runner.sock") as c:
@@ -122,24 +102,51 @@ def main(n: int) -> None:
                 await asyncio.gather(*[c.kill(i) for i in ids])
             return rate
 
-        created, direct_execs = asyncio.run(direct())
-        base = summary("runner socket: create → first exec(true)", created)
-        exec_base = summary("runner socket: exec(true)", direct_execs)
-        rows += [base, exec_base]
-        first, ex = [], []
-        sandboxes = []
-        for _ in range(n):
+        # Runner-socket and SDK measurements alternate (which goes first alternates too), so
+        # both see the same host: the same live sandboxes, the same background clean-up.
+        loop = asyncio.new_event_loop()
+        rc = RunnerClient(data / "runner.sock")
+        created, first = [], []
+        direct_ids, sandboxes = [], []
+
+        async def direct_one() -> float:
+            t = time.perf_counter()
+            sb = await rc.create(RunnerCreate())
+            await rc.run(sb.sandbox_id, ExecRequest(cmd=["true"]))
+            direct_ids.append(sb.sandbox_id)
+            return time.perf_counter() - t
+
+        def sdk_one() -> float:
             t = time.perf_counter()
             sb = Sandbox.create(**kw)
-            sb.commands.run(["true"])  # the argv the runner runs above (a string means bash -lc)
-            first.append(time.perf_counter() - t)
+            sb.commands.run(["true"])  # the argv the runner runs (a string means bash -lc)
             sandboxes.append(sb)
-        rows.append(summary("SDK: create → first exec(true)", first, float(base["p50_ms"])))  # type: ignore[arg-type]
-        sb0 = sandboxes[0]
+            return time.perf_counter() - t
+
+        for i in range(n):
+            if i % 2:
+                first.append(sdk_one())
+                created.append(loop.run_until_complete(direct_one()))
+            else:
+                created.append(loop.run_until_complete(direct_one()))
+                first.append(sdk_one())
+        direct_execs, ex = [], []
+        sb0, sid0 = sandboxes[0], direct_ids[0]
         for _ in range(n * 4):
+            t = time.perf_counter()
+            loop.run_until_complete(rc.run(sid0, ExecRequest(cmd=["true"])))
+            direct_execs.append(time.perf_counter() - t)
             t = time.perf_counter()
             sb0.commands.run(["true"])
             ex.append(time.perf_counter() - t)
+        for sid in direct_ids:
+            loop.run_until_complete(rc.kill(sid))
+        loop.run_until_complete(rc.aclose())
+        loop.close()
+        base = summary("runner socket: create → first exec(true)", created)
+        exec_base = summary("runner socket: exec(true)", direct_execs)
+        rows += [base, exec_base]
+        rows.append(summary("SDK: create → first exec(true)", first, float(base["p50_ms"])))  # type: ignore[arg-type]
         rows.append(summary("SDK: exec(true)", ex, float(exec_base["p50_ms"])))  # type: ignore[arg-type]
         gets = []
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as h:
@@ -151,7 +158,9 @@ def main(n: int) -> None:
         for sb in sandboxes:
             sb.kill()
         total = max(160, n * 4)  # enough creates that start-up and stragglers do not dominate
+        quiesce()  # each run starts on an idle host, not during the last one's clean-up
         extra["runner_creates_per_s_16_clients"] = round(asyncio.run(direct_concurrent(total)), 1)
+        quiesce()
         t = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
             made = list(pool.map(lambda _: Sandbox.create(**kw), range(total)))

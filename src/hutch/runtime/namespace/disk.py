@@ -26,9 +26,11 @@ MKFS = [
     "4096",
     "-m",
     "0",
-    # No journal: the layer is ephemeral, and a journal costs a kernel thread per mount.
+    # No journal: the layer is ephemeral, and a journal costs a kernel thread per mount. No
+    # resize inode: its 511 reserved descriptor blocks were 2 MiB of the 2.2 MiB copied per
+    # sandbox, for online growth no sandbox disk ever does.
     "-O",
-    "^has_journal",
+    "^has_journal,^resize_inode",
     "-E",
     # Inode tables are left unwritten: the image is sparse, so they read as zeros, and the
     # file systems are mounted with noinit_itable so no kernel thread zeroes them later. This
@@ -54,7 +56,7 @@ class DiskImages:
         self._filling: set[int] = set()
 
     def _name(self, size_mb: int) -> str:
-        return f"ext4-v2-{size_mb}m"
+        return f"ext4-v3-{size_mb}m"
 
     def golden(self, size_mb: int) -> Path:
         """The pre-formatted image for `size_mb`, formatted on first use."""

@@ -186,6 +186,14 @@ async def page_params(
 Paging = Annotated[PageParams, Depends(page_params)]
 
 
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+
+
+def idempotency_scope(actor: Principal) -> str:
+    """Whose Idempotency-Keys a key shares: its owner's, in its project."""
+    return f"{actor.user_id}:{actor.project_id}"
+
+
 class Idempotent:
     """Runs a create at most once per Idempotency-Key and replays its first response."""
 
@@ -241,7 +249,7 @@ async def idempotency(
             alias="Idempotency-Key",
             min_length=1,
             max_length=MAX_KEY_LEN,
-            pattern=r"^[\x21-\x7e]+$",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Retries with the same key and body return the first response (24 h)",
         ),
     ] = None,
@@ -250,9 +258,7 @@ async def idempotency(
     fingerprint = ""
     if idempotency_key is not None:
         fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
-    return Idempotent(
-        svc.idempotency, f"{actor.user_id}:{actor.project_id}", idempotency_key, fingerprint
-    )
+    return Idempotent(svc.idempotency, idempotency_scope(actor), idempotency_key, fingerprint)
 
 
 Idem = Annotated[Idempotent, Depends(idempotency)]

@@ -27,8 +27,9 @@ class ApiSettings(Settings):
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     fast_exec: bool = Field(
         default=True,
-        description="Serve well-formed one-shot exec requests without FastAPI's routing (the "
-        "answers are the same; anything unusual still goes through the routed endpoint)",
+        description="Serve well-formed one-shot exec and create requests without FastAPI's "
+        "routing (the answers are the same; anything unusual still goes through the routed "
+        "endpoint)",
     )
     auth_cache_s: float = Field(
         default=1.0,

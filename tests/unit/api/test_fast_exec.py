@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from starlette.types import Message
 
 from hutch.api import fast_exec
-from hutch.api.deps import EXEC_BODY_MAX, Services
+from hutch.api.deps import BODY_MAX, EXEC_BODY_MAX, Services
 from hutch.db.audit import ExecAuditRow, UsageRow
 from tests.unit.api.conftest import AppFactory, Client, build_world
 
@@ -257,3 +257,93 @@ def test_client_leaving_mid_body_is_handled_as_routed(
         assert sent["fast"] == sent["routed"] and sent["fast"], sent
     finally:
         fast.close()
+
+
+def test_fast_and_routed_create_answer_alike(make_app: AppFactory, path_taken: list[str]) -> None:
+    fast_app, routed_app = make_app(), make_app(fast_exec=False)
+    svc: Services = fast_app.state.services
+    world = build_world(svc)
+    fast, routed = Client(fast_app), Client(routed_app)
+    own = world.owner.h
+    as_json = {**own, "content-type": "application/json"}
+    small = {"timeout_s": 60, "metadata": {"k": "v"}}
+    made: list[str] = []
+    # (what, headers, request body; how the fast path takes it)
+    cases: list[tuple[str, Any, dict[str, Any], list[str]]] = [
+        ("create", own, {"json": small}, FAST),
+        ("create with a key", {**own, "Idempotency-Key": "k-1"}, {"json": small}, FAST),
+        # the routed app replays the fast app's first answer (one store of keys), and back
+        ("replay", {**own, "Idempotency-Key": "k-1"}, {"json": small}, FAST),
+        ("same key, other body", {**own, "Idempotency-Key": "k-1"}, {"json": {}}, FAST),
+        ("no key", {}, {"json": small}, FAST),
+        ("unknown key", {"Authorization": "Bearer sk_live_nope"}, {"json": small}, FAST),
+        ("viewer", world.viewer.h, {"json": small}, FAST),
+        ("no key, bad body", {}, {"json": {"vcpu": 999}}, FAST),
+        ("bad size", own, {"json": {"vcpu": 999}}, HANDED_ON),
+        ("unknown field", own, {"json": {"bogus": 1}}, HANDED_ON),
+        ("not an object", own, {"json": [1]}, HANDED_ON),
+        ("blank key", {**own, "Idempotency-Key": "a b"}, {"json": small}, HANDED_ON),
+        ("long key", {**own, "Idempotency-Key": "k" * 256}, {"json": small}, HANDED_ON),
+        ("blank key, bad body", {**own, "Idempotency-Key": "a b"}, {"json": [1]}, HANDED_ON),
+        ("not JSON", as_json, {"content": b"{not json"}, HANDED_ON),
+        ("text/plain", {**own, "content-type": "text/plain"}, {"json": small}, ROUTED),
+        ("no content type", own, {"content": b"{}"}, ROUTED),
+        ("empty body", as_json, {"content": b""}, ROUTED),
+        ("too large", as_json, {"content": b" " * (BODY_MAX + 1)}, ROUTED),
+    ]
+    try:
+        for what, headers, body, expected in cases:
+            path_taken.clear()
+            a = fast.post("/v1/sandboxes", headers=headers, **body)
+            assert path_taken == expected, what
+            b = routed.post("/v1/sandboxes", headers=headers, **body)
+            made += [r.json()["sandbox_id"] for r in (a, b) if r.status_code == 201]
+            assert (a.status_code, a.headers.get("content-type")) == (
+                b.status_code,
+                b.headers.get("content-type"),
+            ), (what, a.text, b.text)
+            assert a.headers.get("retry-after") == b.headers.get("retry-after"), what
+            assert a.headers.get("www-authenticate") == b.headers.get("www-authenticate"), what
+            if what == "replay":  # the same answer again, sandbox id and all
+                assert a.content == b.content and a.headers["idempotent-replayed"] == "true"
+                assert a.json()["sandbox_id"] in made
+                continue
+            skip = {"sandbox_id", "created_at", "expires_at"} if a.status_code == 201 else set()
+            assert {k: v for k, v in _stable(a.json()).items() if k not in skip} == {
+                k: v for k, v in _stable(b.json()).items() if k not in skip
+            }, (what, a.text, b.text)
+        assert fast.get("/v1/sandboxes", headers=own).json()["items"][0]["metadata"] == {"k": "v"}
+    finally:
+        for sid in set(made):
+            fast.delete(f"/v1/sandboxes/{sid}", headers=own)
+        fast.close()
+        routed.close()
+
+
+def test_fast_create_is_rate_limited_and_logged_as_routed(make_app: AppFactory) -> None:
+    """A refused create answers 429 with Retry-After through either path, and the usage log
+    records the create route for both."""
+    fast_app = make_app(create_rate_per_minute=1)
+    routed_app = make_app(fast_exec=False, create_rate_per_minute=1)
+    world = build_world(fast_app.state.services)
+    made = []
+    for app in (fast_app, routed_app):
+        client = Client(app)
+        try:
+            first = client.post("/v1/sandboxes", headers=world.owner.h, json={})
+            assert first.status_code == 201, first.text
+            made.append(first.json()["sandbox_id"])
+            second = client.post("/v1/sandboxes", headers=world.owner.h, json={})
+            assert second.status_code == 429 and second.headers["retry-after"], second.text
+            assert second.json()["code"] == "rate_limited"
+            client.delete(f"/v1/sandboxes/{made[-1]}", headers=world.owner.h)
+            usage = app.state.services.usage_log
+            usage.flush()
+        finally:
+            client.close()
+    with fast_app.state.services.db.session() as s:
+        routes = [
+            (u.route, u.status)
+            for u in s.scalars(select(UsageRow).where(UsageRow.method == "POST"))
+        ]
+    assert routes.count(("/v1/sandboxes", 201)) == 2 and routes.count(("/v1/sandboxes", 429)) == 2

@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Svc, replayed
+from hutch.api.deps import BODY_MAX, Actor, Idem, Paging, Services, Svc, replayed
 from hutch.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES
 from hutch.models.api import METADATA_KEY_PATTERN, Page, Sandbox, SandboxCreate
 from hutch.models.common import ErrorCode, HutchError, Problem, SandboxState
 from hutch.models.network import NetworkPolicy
 from hutch.models.sandbox import SandboxStats, SetTimeout
-from hutch.services.idempotency import Stored
+from hutch.services.idempotency import Claim, Stored
+from hutch.services.permissions import Principal
 
 router = APIRouter(
     prefix="/v1/sandboxes", tags=["sandboxes"], responses=PROBLEM_RESPONSES, max_body_size=BODY_MAX
@@ -56,11 +57,18 @@ async def create_sandbox(body: SandboxCreate, actor: Actor, svc: Svc, idem: Idem
     """Create a sandbox and wait until it runs."""
     # The service keeps the Idempotency-Key with the sandbox's own writes (no extra round
     # trips on the hot path).
+    return await create_answer(svc, actor, body, idem.claim)
+
+
+async def create_answer(
+    svc: Services, actor: Principal, body: SandboxCreate, claim: Claim | None
+) -> Response:
+    """Create (or replay the first answer to `claim`'s Idempotency-Key): the 201 response."""
     made: Sandbox | Stored
-    if idem.claim is None:
+    if claim is None:
         made = await svc.sandboxes.create(actor, body)
     else:
-        made = await svc.sandboxes.create(actor, body, idem.claim)
+        made = await svc.sandboxes.create(actor, body, claim)
     if isinstance(made, Stored):
         return replayed(made)
     return Response(made.model_dump_json(), status_code=201, media_type="application/json")

@@ -43,6 +43,7 @@ def quiesce(max_s: float = 15.0, window_s: float = 0.25, busy_below: float = 0.1
         b1, i1 = _busy_idle()
         if (b1 - b0) <= busy_below * max(1, (b1 - b0) + (i1 - i0)):
             return
+    print(f"note: the host was still busy after {max_s:.0f} s; measuring anyway", file=sys.stderr)
 
 
 def summary(

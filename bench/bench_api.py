@@ -43,6 +43,9 @@ def start_serve(data: Path, port: int) -> subprocess.Popen[bytes]:
         "HUTCH_CREATE_RATE_PER_MINUTE": "100000",
         "HUTCH_MAX_CONCURRENT_SANDBOXES": "10000",
         "HUTCH_LOG_LEVEL": "warning",
+        # The sandboxes made on the runner socket are unknown to the API, whose reconciler
+        # would kill them as orphans mid-measurement.
+        "HUTCH_RECONCILE_INTERVAL_S": "3600",
     }
     log = open(data.parent / f"{data.name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

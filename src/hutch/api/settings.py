@@ -6,7 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hutch.config import Settings
 
@@ -39,6 +39,11 @@ class ApiSettings(Settings):
         "API process apply within this time (0 = ask the database on every request)",
     )
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
 
     # --- billing ---
     price_book: Path | None = Field(

@@ -28,7 +28,7 @@ def wait_ready(disks: DiskImages, n: int) -> list[Path]:
 
 
 def test_a_create_takes_a_ready_copy_and_the_pool_is_topped_up(tmp_path: Path) -> None:
-    disks = DiskImages(tmp_path / "disks", ready_per_size=2)
+    disks = DiskImages(tmp_path / "disks", ready={SIZE_MB: 2})
     first = tmp_path / "a.img"
     disks.clone(SIZE_MB, first)  # nothing ready yet: copied on the spot
     golden = digest(disks.golden(SIZE_MB))
@@ -46,12 +46,12 @@ def test_a_create_takes_a_ready_copy_and_the_pool_is_topped_up(tmp_path: Path) -
 
 
 def test_copies_from_an_earlier_run_are_used_and_unfinished_ones_removed(tmp_path: Path) -> None:
-    before = DiskImages(tmp_path / "disks", ready_per_size=1)
+    before = DiskImages(tmp_path / "disks", ready={SIZE_MB: 1})
     before.clone(SIZE_MB, tmp_path / "a.img")
     (kept,) = wait_ready(before, 1)
     unfinished = kept.parent / "123-4-5.tmp"
     unfinished.write_bytes(b"partial")
-    after = DiskImages(tmp_path / "disks", ready_per_size=1)
+    after = DiskImages(tmp_path / "disks", ready={SIZE_MB: 1})
     dest = tmp_path / "b.img"
     after.clone(SIZE_MB, dest)
     assert not kept.exists(), "the earlier run's copy was renamed into place"
@@ -60,11 +60,13 @@ def test_copies_from_an_earlier_run_are_used_and_unfinished_ones_removed(tmp_pat
     wait_ready(after, 1)
 
 
-def test_without_a_pool_nothing_is_made_ahead(tmp_path: Path) -> None:
-    disks = DiskImages(tmp_path / "disks")
+def test_only_the_named_sizes_are_made_ahead(tmp_path: Path) -> None:
+    """A caller choosing other sizes gets copies made on the spot: the pool cannot grow."""
+    disks = DiskImages(tmp_path / "disks", ready={SIZE_MB * 2: 2})
     disks.clone(SIZE_MB, tmp_path / "a.img")
     time.sleep(0.2)
-    assert ready(disks) == []
+    assert ready(disks) == [] and not (tmp_path / "disks" / "ready").exists()
+    assert digest(tmp_path / "a.img") == digest(disks.golden(SIZE_MB))
 
 
 def test_a_disk_copies_only_a_little_metadata(tmp_path: Path) -> None:

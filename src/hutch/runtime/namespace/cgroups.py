@@ -60,28 +60,41 @@ def favor_dynamic_modifications() -> None:
     exits take a shared lock instead of a per-cpu counter.
 
     This mounts an empty named v1 hierarchy with that option and holds it as a detached mount
-    (it appears in no mount table); the kernel drops it when this process exits. Raises
+    (it appears in no mount table); the kernel drops it when this process exits. While it is
+    held, every process's /proc/PID/cgroup lists it (`N:name=hutch-favordynmods:/`). Raises
     OSError if the kernel refuses (older than 6.0, or named v1 hierarchies disabled).
     """
     global _favor_fd
     if _favor_fd is not None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
 
     def call(nr: int, *args: object) -> int:
-        ret = int(libc.syscall(nr, *args))
+        ret = int(syscall(ctypes.c_long(nr), *args))
         if ret < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"mounting the {FAVOR_HIERARCHY} cgroup hierarchy: {os.strerror(e)}")
         return ret
 
-    fs = call(_SYS_FSOPEN, b"cgroup", _CLOEXEC)
+    def fsconfig(fs: int, cmd: int, key: bytes | None, value: bytes | None) -> None:
+        call(
+            _SYS_FSCONFIG,
+            ctypes.c_int(fs),
+            ctypes.c_uint(cmd),
+            ctypes.c_char_p(key),
+            ctypes.c_char_p(value),
+            ctypes.c_int(0),
+        )
+
+    fs = call(_SYS_FSOPEN, ctypes.c_char_p(b"cgroup"), ctypes.c_uint(_CLOEXEC))
     try:
-        call(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FLAG, b"none", None, 0)
-        call(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, b"name", FAVOR_HIERARCHY.encode(), 0)
-        call(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FLAG, b"favordynmods", None, 0)
-        call(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0)
-        _favor_fd = call(_SYS_FSMOUNT, fs, _CLOEXEC, 0)
+        fsconfig(fs, _FSCONFIG_SET_FLAG, b"none", None)
+        fsconfig(fs, _FSCONFIG_SET_STRING, b"name", FAVOR_HIERARCHY.encode())
+        fsconfig(fs, _FSCONFIG_SET_FLAG, b"favordynmods", None)
+        fsconfig(fs, _FSCONFIG_CMD_CREATE, None, None)
+        _favor_fd = call(_SYS_FSMOUNT, ctypes.c_int(fs), ctypes.c_uint(_CLOEXEC), ctypes.c_uint(0))
     finally:
         os.close(fs)
 

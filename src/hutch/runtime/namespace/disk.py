@@ -4,7 +4,7 @@ This host's kernel may lack project quotas (ext4 needs QFMT_V2, xfs needs XFS_QU
 sandbox's writable layer is its own small file system on a loop device: writes past the size
 fail with ENOSPC inside the sandbox and never touch the rest of the host disk. Formatting takes
 tens of milliseconds, so each size is formatted once and new disks are sparse copies of it
-(only the few MiB of metadata are copied).
+(only the few hundred KiB of metadata are copied).
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ MKFS = [
 class DiskImages:
     """Makes and clones sparse ext4 images.
 
-    With `ready_per_size`, a few copies of each size in use are made ahead of time, off the
-    create path, and flushed to disk there: the loop device that mounts a disk with direct I/O
-    first flushes whatever of its file is still in the page cache, which for a just-made copy
-    is all of it (about 2 ms per create). A create then only renames a ready copy into place.
+    `ready` names sizes (the default one, in practice) of which a few copies are made ahead of
+    time, off the create path, and flushed to disk there: the loop device that mounts a disk
+    with direct I/O first flushes whatever of its file is still in the page cache, which for a
+    just-made copy is all of it (about 2 ms per create). A create then only renames a ready copy
+    into place. Other sizes are copied on the spot, so no caller can make the pool grow.
     """
 
-    def __init__(self, cache_dir: Path, ready_per_size: int = 0) -> None:
+    def __init__(self, cache_dir: Path, ready: dict[int, int] | None = None) -> None:
         self.cache_dir = cache_dir
-        self.ready_per_size = ready_per_size
+        self.ready = dict(ready or {})  # size in MiB -> copies kept ready
         self._lock = threading.Lock()
         self._ready: dict[int, list[Path]] = {}  # size -> ready copies, found on first use
         self._filling: set[int] = set()
@@ -85,7 +86,7 @@ class DiskImages:
     def clone(self, size_mb: int, dest: Path) -> None:
         """Create `dest` as a sparse copy of the golden image for `size_mb` (a ready one if
         there is one; the pool is then topped up in the background)."""
-        if self.ready_per_size <= 0:
+        if self.ready.get(size_mb, 0) <= 0:
             sparse_copy(self.golden(size_mb), dest)
             return
         ready = self._take(size_mb)
@@ -97,7 +98,8 @@ class DiskImages:
                 except OSError as e:
                     ready.unlink(missing_ok=True)
                     if e.errno == errno.EXDEV:  # the pool is on another file system: no pool
-                        self.ready_per_size = 0
+                        self.ready[size_mb] = 0
+                        self._drop(size_mb)
             sparse_copy(self.golden(size_mb), dest)
         finally:
             self._refill_later(size_mb)
@@ -114,20 +116,26 @@ class DiskImages:
 
     def _found(self, size_mb: int) -> list[Path]:
         """Copies left by an earlier run (each was flushed before it got its name); unfinished
-        ones are removed."""
-        d = self._ready_dir(size_mb)
+        ones are removed. An unreadable pool is an empty one."""
         found = []
-        with contextlib.suppress(FileNotFoundError):
-            for e in os.scandir(d):
-                if e.name.endswith(".img"):
+        with contextlib.suppress(OSError):
+            for e in os.scandir(self._ready_dir(size_mb)):
+                if e.name.endswith(".img") and e.is_file(follow_symlinks=False):
                     found.append(Path(e.path))
                 else:
-                    Path(e.path).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        Path(e.path).unlink()
         return found
+
+    def _drop(self, size_mb: int) -> None:
+        with self._lock:
+            left, self._ready[size_mb] = self._ready.get(size_mb, []), []
+        for path in left:
+            path.unlink(missing_ok=True)
 
     def _refill_later(self, size_mb: int) -> None:
         with self._lock:
-            if size_mb in self._filling or len(self._ready[size_mb]) >= self.ready_per_size:
+            if size_mb in self._filling or len(self._ready[size_mb]) >= self.ready[size_mb]:
                 return
             self._filling.add(size_mb)
         threading.Thread(
@@ -141,7 +149,7 @@ class DiskImages:
             golden = self.golden(size_mb)
             while True:
                 with self._lock:
-                    if len(self._ready[size_mb]) >= self.ready_per_size:
+                    if len(self._ready[size_mb]) >= self.ready[size_mb]:
                         return
                 tmp = d / f"{secrets.token_hex(8)}.tmp"  # never the name of a ready copy
                 path = tmp.with_suffix(".img")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.models import ErrorCode, ExecRequest, HutchError, IsolationClass, PtySize, SandboxStats
-from hutch.models.common import SANDBOX_USER_HOME, SANDBOX_USER_UID, ExecUser
+from hutch.models.common import DEFAULT_DISK_MB, SANDBOX_USER_HOME, SANDBOX_USER_UID, ExecUser
 from hutch.runtime.base import (
     ExitStatus,
     ExitWaiter,
@@ -34,7 +34,7 @@ from hutch.runtime.namespace.initproto import InitConnection, InitError
 from hutch.runtime.namespace.netns import connect_in_netns
 
 PIDS_LIMIT = 4096
-READY_DISKS = 4  # disk copies per size made ahead of creates (see DiskImages)
+READY_DISKS = 4  # copies of the default-size disk made ahead of creates (see DiskImages)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
@@ -81,7 +81,7 @@ class NamespaceRuntime(Runtime):
         self.cgroup_parent = cgroup_parent
         self._cgroups: Cgroups | None = None
         self._binary: Path | None = None
-        self._disks = DiskImages(work_dir / "disks", ready_per_size=READY_DISKS)
+        self._disks = DiskImages(work_dir / "disks", ready={DEFAULT_DISK_MB: READY_DISKS})
         self._live: dict[str, _Live] = {}
         self._health: RuntimeHealth | None = None
 
@@ -213,7 +213,8 @@ class NamespaceRuntime(Runtime):
                 await conn.connect()
             except OSError:
                 return False
-            self._live[plan.sandbox_id] = _Live(pid, proc_start_time(pid), conn)
+            loop = _loop_name([str(self._init_record(plan).get("loop") or "")])
+            self._live[plan.sandbox_id] = _Live(pid, proc_start_time(pid), conn, loop)
         return not self._live[plan.sandbox_id].conn.closed.is_set()
 
     async def destroy(self, plan: SandboxPlan) -> None:

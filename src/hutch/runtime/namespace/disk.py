@@ -51,7 +51,7 @@ class DiskImages:
 
     def __init__(self, cache_dir: Path, ready: dict[int, int] | None = None) -> None:
         self.cache_dir = cache_dir
-        self.ready = dict(ready or {})  # size in MiB -> copies kept ready
+        self._keep = dict(ready or {})  # size in MiB -> how many copies to keep ready
         self._lock = threading.Lock()
         self._ready: dict[int, list[Path]] = {}  # size -> ready copies, found on first use
         self._filling: set[int] = set()
@@ -86,7 +86,7 @@ class DiskImages:
     def clone(self, size_mb: int, dest: Path) -> None:
         """Create `dest` as a sparse copy of the golden image for `size_mb` (a ready one if
         there is one; the pool is then topped up in the background)."""
-        if self.ready.get(size_mb, 0) <= 0:
+        if self._keep.get(size_mb, 0) <= 0:
             sparse_copy(self.golden(size_mb), dest)
             return
         ready = self._take(size_mb)
@@ -98,7 +98,7 @@ class DiskImages:
                 except OSError as e:
                     ready.unlink(missing_ok=True)
                     if e.errno == errno.EXDEV:  # the pool is on another file system: no pool
-                        self.ready[size_mb] = 0
+                        self._keep[size_mb] = 0
                         self._drop(size_mb)
             sparse_copy(self.golden(size_mb), dest)
         finally:
@@ -135,7 +135,7 @@ class DiskImages:
 
     def _refill_later(self, size_mb: int) -> None:
         with self._lock:
-            if size_mb in self._filling or len(self._ready[size_mb]) >= self.ready[size_mb]:
+            if size_mb in self._filling or len(self._ready[size_mb]) >= self._keep[size_mb]:
                 return
             self._filling.add(size_mb)
         threading.Thread(
@@ -149,7 +149,7 @@ class DiskImages:
             golden = self.golden(size_mb)
             while True:
                 with self._lock:
-                    if len(self._ready[size_mb]) >= self.ready[size_mb]:
+                    if len(self._ready[size_mb]) >= self._keep[size_mb]:
                         return
                 tmp = d / f"{secrets.token_hex(8)}.tmp"  # never the name of a ready copy
                 path = tmp.with_suffix(".img")

@@ -144,6 +144,10 @@ class SandboxManager:
             if sb.processes is not None:
                 sb.processes.close()
         await self.egress.close()
+        if not self.sandboxes:
+            for rt in self.runtimes.values():
+                with contextlib.suppress(Exception):  # best effort: stopping must not fail
+                    rt.release()
 
     # ------------------------------------------------------------------ events
 

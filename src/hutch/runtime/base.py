@@ -91,6 +91,11 @@ class Runtime(abc.ABC):
     def health(self) -> RuntimeHealth:
         """Whether this class can run here; if not, a reason a person can act on."""
 
+    def release(self) -> None:
+        """The runner stops and no sandbox of this class is left: remove what the class set up
+        on the host for all of its sandboxes (nothing, unless a runtime says otherwise)."""
+        return None
+
     @abc.abstractmethod
     async def create(self, plan: SandboxPlan) -> None:
         """Build and start the sandbox; return once a command can be executed in it.

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from hutch.config import RunnerSettings
 from hutch.ids import new_id
 from hutch.models import ErrorCode, ExecRequest, HutchError, RunnerCreate
 from hutch.runner.client import RunnerClient
+from hutch.runtime.namespace.cgroups import Cgroups
 from tests.integration.runner.conftest import RunnerProc, start_runner
 from tests.integration.runner.hostscan import leftovers
 
@@ -110,3 +112,27 @@ async def test_sigkill_during_kill_finishes_the_kill(crash_dir: Path) -> None:
         assert outcome == "clean" or not killed  # an answered kill is never undone
         outcomes.append(outcome)
     assert outcomes
+
+
+async def test_a_runner_stopping_empty_removes_its_parent_cgroups(crash_dir: Path) -> None:
+    """A runner that stops with a sandbox left keeps its parent cgroups (its next start adopts
+    the sandbox); one that stops with none removes them, so runners on short-lived data dirs
+    leave nothing on the host."""
+    parent = RunnerSettings(data_dir=crash_dir.resolve()).cgroup_parent()
+    cgroups = Cgroups(parent)
+    dirs = [
+        root / parent
+        for root in ([cgroups.v2] if cgroups.v2 else list(dict.fromkeys(cgroups.v1.values())))
+    ]
+    rp = start_runner(crash_dir)
+    async with RunnerClient(rp.socket) as c:
+        sid = (await c.create(RunnerCreate(timeout_s=120))).sandbox_id
+    rp.stop()
+    assert all(d.is_dir() for d in dirs), "a live sandbox keeps its parent"
+    rp = start_runner(crash_dir)
+    try:
+        async with RunnerClient(rp.socket) as c:
+            assert await _adopted_or_clean(c, rp, sid) == "adopted"
+    finally:
+        rp.stop()
+    assert [d for d in dirs if d.exists()] == []

@@ -264,6 +264,15 @@ class Cgroups:
                         raise
                     time.sleep(0.005)
 
+    def remove_parent(self) -> None:
+        """Remove this runner's parent cgroups if nothing is left in them (a live sandbox, of
+        any isolation class, keeps them: its next start adopts it)."""
+        roots = [self.v2] if self.v2 is not None else list(dict.fromkeys(self.v1.values()))
+        for root in roots:
+            with contextlib.suppress(OSError):  # absent, or not empty
+                (root / self.parent).rmdir()
+        self._prepared = False
+
     def list_ids(self) -> set[str]:
         """Sandbox ids that have a cgroup on this host."""
         ids: set[str] = set()

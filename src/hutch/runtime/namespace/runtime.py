@@ -111,6 +111,13 @@ class NamespaceRuntime(Runtime):
                 self._health = RuntimeHealth(False, reason=str(e))
         return self._health
 
+    def release(self) -> None:
+        """Remove this runner's parent cgroups when the runner stops with none left under them
+        (each runner has its own, named after its data dir: test and bench runners would
+        otherwise leave one per data dir on the host)."""
+        if self._cgroups is not None:
+            self._cgroups.remove_parent()
+
     def _require(self) -> Path:
         h = self.health()
         if not h.available or self._binary is None:

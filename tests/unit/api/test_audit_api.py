@@ -75,6 +75,11 @@ def test_admin_log_routes_list_and_verify(client: Client, svc: Services, world: 
     assert [e["seq"] for e in page["items"]] == [1, 2] and page["next_after_seq"] == 2
     rest = client.get("/v1/audit/admin-log?after_seq=2", headers=world.root.h).json()
     assert [e["seq"] for e in rest["items"]] == [3] and rest["next_after_seq"] is None
+    last = client.get(f"/v1/audit/admin-log?after_seq={2**63 - 1}", headers=world.root.h)
+    assert last.status_code == 200 and last.json()["items"] == []
+    # Past what the database's 64-bit sequence can hold: a 422 naming the field, never a 500.
+    over = client.get(f"/v1/audit/admin-log?after_seq={2**63}", headers=world.root.h)
+    assert over.status_code == 422 and "after_seq" in over.text, over.text
     v = client.get("/v1/audit/admin-log/verify", headers=world.root.h).json()
     assert v["ok"] is True and v["entries"] == 3 and v["problems"] == []
     with svc.db.session() as s:

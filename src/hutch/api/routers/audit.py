@@ -101,6 +101,9 @@ async def export_execs(
     )
 
 
+SEQ_MAX = 2**63 - 1  # sequence numbers are 64-bit signed integers in the database
+
+
 @router.get("/admin-log", response_model=AdminLogPage)
 def list_admin_log(
     actor: Actor,
@@ -108,7 +111,7 @@ def list_admin_log(
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after_seq: Annotated[
-        int | None, Query(ge=0, description="next_after_seq of the last page")
+        int | None, Query(ge=0, le=SEQ_MAX, description="next_after_seq of the last page")
     ] = None,
     target_type: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     target_id: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,

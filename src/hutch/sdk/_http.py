@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
+from hutch.sdk._wire import Connections, json_body
 from hutch.sdk.config import ENV_API_KEY, ConnectionConfig, tls_context
 from hutch.sdk.exceptions import (
     APIConnectionError,
@@ -134,33 +135,49 @@ def _request_kwargs(call: Call[Any], config: ConnectionConfig) -> dict[str, Any]
 _PoolKey = tuple[str, str | None, str | None]
 
 
+class _Pool:
+    """The process's connections to one API (per trust store): httpx's pool for streamed
+    bodies, and kept-alive connections of its own for one-shot calls."""
+
+    def __init__(self, api_url: str) -> None:
+        tls = tls_context()
+        self.httpx = httpx.HTTPTransport(
+            verify=tls, limits=httpx.Limits(max_keepalive_connections=64)
+        )
+        self.wire = Connections(api_url, tls if api_url.startswith("https:") else None)
+        self.users = 0
+
+    def close(self) -> None:
+        self.wire.close()
+        self.httpx.close()
+
+
 class _SharedTransport(httpx.BaseTransport):
     """One client's share of a connection pool: the pool closes when its last client does."""
 
-    def __init__(self, key: _PoolKey, pool: httpx.HTTPTransport) -> None:
+    def __init__(self, key: _PoolKey, pool: _Pool) -> None:
         self._key = key
         self._pool = pool
+        self.wire = pool.wire
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._pool.handle_request(request)
+        return self._pool.httpx.handle_request(request)
 
     def close(self) -> None:
         with _pools_lock:
             if self._closed:
                 return
             self._closed = True
-            entry = _pools.get(self._key)
-            last = entry is not None and entry[0] is self._pool and entry[1] == 1
-            if last:
+            self._pool.users -= 1
+            last = self._pool.users == 0
+            if last and _pools.get(self._key) is self._pool:
                 del _pools[self._key]
-            elif entry is not None and entry[0] is self._pool:
-                entry[1] -= 1
         if last:
             self._pool.close()
 
 
-_pools: dict[_PoolKey, list[Any]] = {}  # key → [pool, clients using it]
+_pools: dict[_PoolKey, _Pool] = {}
 _pools_lock = threading.Lock()
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
@@ -181,21 +198,18 @@ def _proxied() -> bool:
     return any(os.environ.get(v) or os.environ.get(v.lower()) for v in _PROXY_VARS)
 
 
-def shared_transport(api_url: str) -> httpx.BaseTransport:
+def shared_transport(api_url: str) -> _SharedTransport:
     """A share of the process's connection pool to `api_url` (per trust store): blocking
     clients open at the same time, such as many sandbox handles, reuse each other's warm
     keep-alive connections instead of each paying a TCP (and TLS) handshake on both sides.
     When the last of them closes, so does the pool: a closed handle holds no connection."""
     key = (api_url, os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
     with _pools_lock:
-        entry = _pools.get(key)
-        if entry is None:
-            pool = httpx.HTTPTransport(
-                verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=64)
-            )
-            entry = _pools[key] = [pool, 0]
-        entry[1] += 1
-        return _SharedTransport(key, entry[0])
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = _Pool(api_url)
+        pool.users += 1
+        return _SharedTransport(key, pool)
 
 
 class SyncHttp:
@@ -203,9 +217,13 @@ class SyncHttp:
 
     def __init__(self, config: ConnectionConfig, client: httpx.Client | None = None) -> None:
         self.config = config
+        # One-shot calls on the shared pool go over `_wire` (see hutch.sdk._wire); a client
+        # passed in, or one routed through a proxy, carries everything itself.
+        self._wire: Connections | None = None
         if client is None:
             # Behind a proxy, httpx's own transport (which honours HTTP(S)_PROXY and NO_PROXY).
             shared = None if _proxied() else shared_transport(config.api_url)
+            self._wire = shared.wire if shared is not None else None
             client = httpx.Client(
                 base_url=config.api_url,
                 headers=config.headers(),
@@ -214,6 +232,7 @@ class SyncHttp:
                 verify=tls_context(),
             )
         self._client = client
+        self._wire_headers = {"Accept": "*/*", **config.headers()}
 
     def send(self, call: Call[T], content: bytes | Iterable[bytes] | None = None) -> T:
         """Send a call (optionally with a raw body) and parse its answer."""
@@ -222,9 +241,7 @@ class SyncHttp:
         while True:
             attempt += 1
             try:
-                resp = self._client.request(
-                    call.method, call.path, content=content, **_request_kwargs(call, self.config)
-                )
+                resp = self._request(call, content)
             except httpx.HTTPError as e:
                 delay = retry_delay(call, self.config, attempt, error=e, replayable=replayable)
                 if delay is None:
@@ -237,6 +254,26 @@ class SyncHttp:
                 continue
             raise_for_problem(resp, resp.content, self.config)
             return call.parse(resp)
+
+    def _request(self, call: Call[Any], content: bytes | Iterable[bytes] | None) -> httpx.Response:
+        if self._wire is None or not (content is None or isinstance(content, bytes)):
+            return self._client.request(
+                call.method, call.path, content=content, **_request_kwargs(call, self.config)
+            )
+        headers = {**self._wire_headers, **call.headers}
+        body = content
+        if call.json is not None:
+            body = json_body(call.json)
+            if not any(k.lower() == "content-type" for k in call.headers):
+                headers["Content-Type"] = "application/json"
+        return self._wire.request(
+            call.method,
+            call.path,
+            params=call.params,
+            headers=headers,
+            body=body,
+            timeout=_timeout(call, self.config),
+        )
 
     @contextmanager
     def stream(self, call: Call[Any]) -> Iterator[httpx.Response]:

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import column, func, insert, select, table, text
+from sqlalchemy.exc import IntegrityError
 
 from hutch.db.session import Database
 
@@ -115,3 +116,40 @@ def test_an_invalidated_connection_gives_the_lock_back(db: Database) -> None:
     assert not db.write_lock.locked()
     _write(db, "after")
     assert _count(db) == 1
+
+
+_T = table("t", column("id"), column("v"))
+_INSERT_T = insert(_T)
+_COUNT_T = select(func.count()).select_from(_T)
+
+
+@pytest.mark.parametrize("ending", ["commit", "exception", "integrity error"])
+def test_a_raw_transaction_holds_the_lock_from_its_first_write_to_its_end(
+    db: Database, ending: str
+) -> None:
+    """The create path's transactions on a DBAPI connection (hutch.db.raw) queue on the same
+    lock as SQLAlchemy's: taken at the first write, not by a read, given back however they
+    end, even when the connection is gone from the pool."""
+    assert db.write_lock is not None
+    _write(db, "first")
+    with db.raw() as tx:
+        assert tx.first(_COUNT_T, {}) == (1,)
+        assert not db.write_lock.locked()  # a read takes no lock
+    failure = {"exception": RuntimeError, "integrity error": IntegrityError}.get(ending)
+    try:
+        with db.raw() as tx:
+            tx.execute(_INSERT_T, {"v": "x"})
+            assert db.write_lock.locked() and tx.held
+            waiter = threading.Thread(target=_write, args=(db, "waits"))
+            waiter.start()
+            waiter.join(0.2)
+            assert waiter.is_alive(), "another writer waits for the raw transaction"
+            if ending == "exception":
+                raise RuntimeError("the request failed half-way")
+            if ending == "integrity error":
+                tx.execute(_INSERT_T, {"id": 1, "v": "duplicate key"})
+    except BaseException as e:
+        assert failure is not None and isinstance(e, failure), e
+    waiter.join(2.0)
+    assert not waiter.is_alive() and not db.write_lock.locked()
+    assert _count(db) == (3 if ending == "commit" else 2)

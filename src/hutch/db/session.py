@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import ClauseElement
+
+from hutch.db.raw import SQLITE_WRITE, Prepared, Transaction, transaction
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # anyio's default worker-thread limit: no more sessions than that are ever open at once.
@@ -41,12 +43,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-# Statements after which pysqlite has opened a write transaction (it issues BEGIN right before
-# them, once past leading comments; a plain SELECT runs outside any transaction).
-_SQLITE_WRITE = re.compile(
-    r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:INSERT|UPDATE|DELETE|REPLACE)\b",
-    re.IGNORECASE | re.DOTALL,
-)
 _WRITE_LOCK_TIMEOUT_S = 10.0
 
 
@@ -96,8 +92,13 @@ class SQLiteWriteLock:
         event.listen(engine.pool, "close", self._on_close)
 
     def _before_execute(self, _conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        owner = id(cursor.connection)
-        if self._holder == owner or not _SQLITE_WRITE.match(statement):
+        if SQLITE_WRITE.match(statement):
+            self.hold(cursor.connection)
+
+    def hold(self, dbapi_connection: Any) -> None:
+        """Take the lock for the transaction of `dbapi_connection` (no-op if it holds it)."""
+        owner = id(dbapi_connection)
+        if self._holder == owner:
             return
         if not self._lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
             raise sqlite3.OperationalError(
@@ -107,6 +108,11 @@ class SQLiteWriteLock:
             self._holder = owner
 
     def _on_close(self, dbapi_connection: Any, _record: Any) -> None:
+        self._release(dbapi_connection)
+
+    def release(self, dbapi_connection: Any) -> None:
+        """Give the lock back if `dbapi_connection`'s transaction holds it (after its commit or
+        rollback)."""
         self._release(dbapi_connection)
 
     def _release(self, dbapi_connection: Any) -> None:
@@ -149,6 +155,19 @@ class Database:
             self.write_lock = SQLiteWriteLock()
             self.write_lock.install(self.engine)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
+        self._prepared: dict[tuple[ClauseElement, tuple[str, ...] | None], Prepared] = {}
+
+    def prepared(self, stmt: ClauseElement, keys: Sequence[str] | None = None) -> Prepared:
+        """`stmt` compiled for this database (once per statement and INSERT column list)."""
+        cache_key = (stmt, tuple(keys) if keys else None)
+        prepared = self._prepared.get(cache_key)
+        if prepared is None:
+            prepared = self._prepared[cache_key] = Prepared(stmt, self.engine.dialect, keys)
+        return prepared
+
+    def raw(self) -> AbstractContextManager[Transaction]:
+        """A transaction on a pooled DBAPI connection for hot statements (see hutch.db.raw)."""
+        return transaction(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hutch.db.models import IdempotencyRow
+from hutch.db.raw import Transaction
 from hutch.db.session import Database
 from hutch.models.common import ErrorCode, HutchError
 from hutch.services.clock import Clock
@@ -20,7 +21,8 @@ TTL = timedelta(hours=24)
 _IDEMPOTENCY = cast(Table, IdempotencyRow.__table__)
 MAX_KEY_LEN = 255
 
-# The hot statements, built once: building a statement costs more than running it.
+# The hot statements, built once and run on a DBAPI connection (hutch.db.raw): building a
+# statement, or SQLAlchemy's execution layer, costs more than running it.
 _c = _IDEMPOTENCY.c
 # (bind names differ from column names: UPDATE reserves those for its SET values)
 _MINE = (_c.scope == bindparam("p_scope")) & (_c["key"] == bindparam("p_key"))
@@ -71,26 +73,27 @@ class IdempotencyService:
         self.db = db
         self.clock = clock
 
-    def find(self, conn: Connection, claim: Claim) -> Stored | None:
+    def find(self, tx: Transaction, claim: Claim) -> Stored | None:
         """The response to replay for `claim`'s key, None if the key is free (an expired
         record is dropped); 409 if it was used for another request or is still in progress."""
         mine = {"p_scope": claim.scope, "p_key": claim.key}
-        row = conn.execute(_FIND, mine).first()
-        if row is not None and row.created_at + TTL <= self.clock.now():
-            conn.execute(_FORGET, mine)
+        row = tx.first(_FIND, mine)
+        if row is not None and row[3] + TTL <= self.clock.now():
+            tx.execute(_FORGET, mine)
             row = None
         if row is None:
             return None
-        if row.request_hash != claim.fingerprint:
+        request_hash, status, body, _ = row
+        if request_hash != claim.fingerprint:
             raise _conflict(
                 "this Idempotency-Key was already used for a different request; "
                 "use a new key for a new request"
             )
-        if row.status is None or row.body is None:
+        if status is None or body is None:
             raise _conflict("a request with this Idempotency-Key is still in progress")
-        return Stored(row.status, row.body)
+        return Stored(status, body)
 
-    def take(self, conn: Connection, claim: Claim) -> None:
+    def take(self, tx: Transaction, claim: Claim) -> None:
         """Claim the key within the caller's transaction (409 if a concurrent request did)."""
         values = {
             "scope": claim.scope,
@@ -99,29 +102,32 @@ class IdempotencyService:
             "created_at": self.clock.now(),
         }
         try:
-            conn.execute(_CLAIM, values)
+            tx.execute(_CLAIM, values)
         except IntegrityError:
             raise _conflict("a request with this Idempotency-Key is still in progress") from None
 
     def begin(self, claim: Claim) -> Stored | None:
         """Claim the key for this request, or return the response to replay; 409 on misuse."""
-        # Core on a connection: these run on every create, and an ORM session adds nothing.
-        with self.db.engine.begin() as conn:
-            stored = self.find(conn, claim)
+        with self.db.raw() as tx:
+            stored = self.find(tx, claim)
             if stored is None:
-                self.take(conn, claim)
+                self.take(tx, claim)
             return stored
+
+    def record(self, tx: Transaction, claim: Claim, stored: Stored) -> None:
+        """Record the first response within the caller's transaction."""
+        params = {"p_status": stored.status, "p_body": stored.body}
+        tx.execute(_RECORD, {"p_scope": claim.scope, "p_key": claim.key} | params)
 
     def complete(self, claim: Claim, stored: Stored) -> None:
         """Record the first response."""
-        params = {"p_status": stored.status, "p_body": stored.body}
-        with self.db.engine.begin() as conn:
-            conn.execute(_RECORD, {"p_scope": claim.scope, "p_key": claim.key} | params)
+        with self.db.raw() as tx:
+            self.record(tx, claim, stored)
 
     def abandon(self, claim: Claim) -> None:
         """Forget a claim whose request failed, so a retry runs again."""
-        with self.db.engine.begin() as conn:
-            conn.execute(_FORGET, {"p_scope": claim.scope, "p_key": claim.key})
+        with self.db.raw() as tx:
+            tx.execute(_FORGET, {"p_scope": claim.scope, "p_key": claim.key})
 
     def purge(self) -> int:
         """Delete records older than the retention window; returns how many."""

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
 from hutch.db.privacy import SandboxOwnerRow
+from hutch.db.raw import Transaction
 from hutch.db.session import Database
 from hutch.ids import new_id
 from hutch.models.api import Mode, Page, Sandbox, SandboxCreate, Scope
@@ -307,8 +308,8 @@ class SandboxService:
         persisted: an unknown name leaves nothing behind), then quota and the `creating` row.
         One worker-thread hop for all of it."""
         if claim is not None:
-            with self.db.engine.begin() as conn:
-                stored = self.idempotency.find(conn, claim)
+            with self.db.raw() as tx:
+                stored = self.idempotency.find(tx, claim)
             if stored is not None:
                 return stored, {}
         wait = self.limiter.take(actor.project_id)
@@ -332,13 +333,15 @@ class SandboxService:
         # after a change through this process, within the principal cache's TTL otherwise.
         refuse_if_suspended(actor.suspended)
         project = {"p_project": actor.project_id}
-        # Core on a connection: the ORM session adds nothing to these statements.
-        with self._quota_lock, self.db.engine.begin() as conn:
+        # Statements built once, on a DBAPI connection (hutch.db.raw): the ORM session, and
+        # even SQLAlchemy's execution layer, cost more than these statements.
+        with self._quota_lock, self.db.raw() as tx:
             if claim is not None:  # a concurrent request with the same key: 409 here
-                self.idempotency.take(conn, claim)
+                self.idempotency.take(tx, claim)
             if self.db.dialect != "sqlite":  # SQLite has one writer and no row locks
-                conn.execute(_LOCK_PROJECT, project)
-            active = conn.execute(_COUNT_ACTIVE, project).scalar()
+                tx.execute(_LOCK_PROJECT, project)
+            counted = tx.first(_COUNT_ACTIVE, project)
+            active = counted[0] if counted is not None else 0
             if (active or 0) >= self.limits.max_concurrent:
                 raise HutchError(
                     ErrorCode.quota_exceeded,
@@ -367,16 +370,10 @@ class SandboxService:
             # interrupted create.
             self.inflight.add(sid)
             try:
-                conn.execute(_INSERT_SANDBOX, values)
-                if spec.metadata:
-                    conn.execute(
-                        _INSERT_METADATA,
-                        [
-                            {"sandbox_id": sid, "key": k, "value": v}
-                            for k, v in spec.metadata.items()
-                        ],
-                    )
-                conn.execute(_INSERT_OWNER, {"sandbox_id": sid, "user_id": actor.user_id})
+                tx.execute(_INSERT_SANDBOX, values)
+                for k, v in spec.metadata.items():
+                    tx.execute(_INSERT_METADATA, {"sandbox_id": sid, "key": k, "value": v})
+                tx.execute(_INSERT_OWNER, {"sandbox_id": sid, "user_id": actor.user_id})
             except BaseException:
                 self.inflight.discard(sid)
                 raise
@@ -402,28 +399,55 @@ class SandboxService:
         One conditional UPDATE: atomic on both databases (PostgreSQL re-checks the condition
         after taking the row lock) and no read of the row first.
         """
-        allowed = tuple(s for s in only_from if s != state.value)
-        if not allowed:
+        change = self._change(state, reason=reason, at=at, info=info)
+        with self.db.raw() as tx:
+            hit = self._apply(tx, sandbox_id, change, only_from=only_from, tenant=tenant)
+        if hit is None:
             return None
+        self._remember(sandbox_id, state.value, *hit)
+        return change
+
+    def _change(
+        self,
+        state: SandboxState,
+        *,
+        reason: str | None = None,
+        at: datetime | None = None,
+        info: SandboxInfo | None = None,
+    ) -> dict[str, Any]:
+        """The columns a move to `state` sets."""
         now = self.clock.now()
         values: dict[str, Any] = {"state": state.value, "updated_at": now}
         if state.value in TERMINAL:
             values |= {"ended_at": at or now, "end_reason": reason}
         if info is not None and state is SandboxState.running:
             values |= {"created_at": info.created_at, "expires_at": info.expires_at}
-        # Core on a connection, with a statement built once per shape: the ORM's bulk-update
-        # path and building the statement each time cost more than running it.
-        columns = tuple(sorted(values))
+        return values
+
+    @staticmethod
+    def _apply(
+        tx: Transaction,
+        sandbox_id: str,
+        change: dict[str, Any],
+        *,
+        only_from: tuple[str, ...],
+        tenant: Principal | None = None,
+    ) -> tuple[str, str] | None:
+        """The conditional UPDATE of `_transition` in `tx`; the row's (project, mode) if it
+        moved."""
+        allowed = tuple(s for s in only_from if s != change["state"])
+        if not allowed:
+            return None
+        # A statement built once per shape, run on a DBAPI connection (hutch.db.raw): the
+        # ORM's bulk-update path, building the statement each time, or SQLAlchemy's execution
+        # layer cost more than running it.
+        columns = tuple(sorted(change))
         stmt = _transition_stmt(allowed, columns, tenant is not None)
-        params = {f"v_{col}": values[col] for col in columns} | {"p_id": sandbox_id}
+        params = {f"v_{col}": change[col] for col in columns} | {"p_id": sandbox_id}
         if tenant is not None:
             params |= {"p_project": tenant.project_id, "p_mode": tenant.mode.value}
-        with self.db.engine.begin() as conn:
-            hit = conn.execute(stmt, params).first()
-        if hit is None:
-            return None
-        self._remember(sandbox_id, state.value, hit.project_id, hit.mode)
-        return values
+        hit = tx.first(stmt, params)
+        return None if hit is None else (hit[0], hit[1])
 
     def _wire(self, sandbox_id: str) -> Sandbox:
         with self.db.session() as s:
@@ -437,37 +461,37 @@ class SandboxService:
         self, row: Admitted, info: SandboxInfo, claim: Claim | None = None
     ) -> tuple[Sandbox, bool]:
         """Record the runner's answer to a create (and, for an Idempotency-Key, the answer to
-        replay); returns the sandbox and whether the row was still `creating` (False: it was
-        killed meanwhile)."""
-        wire, moved = self._settle_row(row, info)
+        replay, in the same transaction); returns the sandbox and whether the row was still
+        `creating` (False: it was killed meanwhile)."""
+        state = SandboxState(info.state)
+        change = self._change(state, reason=info.end_reason, at=info.ended_at, info=info)
+        only = (SandboxState.creating.value,)
+        with self.db.raw() as tx:
+            hit = self._apply(tx, row.id, change, only_from=only)
+            if hit is not None:
+                # The admitted row as it now is, without reading it back.
+                wire = wire_of(row.values | change, row.metadata)
+                if claim is not None:
+                    self.idempotency.record(tx, claim, Stored(CREATED, wire.model_dump_json()))
+        if hit is not None:
+            self._remember(row.id, state.value, *hit)
+            return wire, True
+        # No longer `creating`: killed meanwhile, or settled elsewhere.
+        if info.state == SandboxState.running.value:
+            with self.db.session() as s:
+                s.execute(
+                    update(_SANDBOXES)
+                    .where(
+                        _SANDBOXES.c.id == row.id,
+                        _SANDBOXES.c.state == SandboxState.running.value,
+                    )
+                    .values(created_at=info.created_at, expires_at=info.expires_at)
+                )
+                s.commit()
+        wire = self._wire(row.id)
         if claim is not None:
             self.idempotency.complete(claim, Stored(CREATED, wire.model_dump_json()))
-        return wire, moved
-
-    def _settle_row(self, row: Admitted, info: SandboxInfo) -> tuple[Sandbox, bool]:
-        moved = self._transition(
-            row.id,
-            SandboxState(info.state),
-            only_from=(SandboxState.creating.value,),
-            reason=info.end_reason,
-            at=info.ended_at,
-            info=info,
-        )
-        if moved is None:  # no longer `creating`: killed meanwhile, or settled elsewhere
-            if info.state == SandboxState.running.value:
-                with self.db.session() as s:
-                    s.execute(
-                        update(_SANDBOXES)
-                        .where(
-                            _SANDBOXES.c.id == row.id,
-                            _SANDBOXES.c.state == SandboxState.running.value,
-                        )
-                        .values(created_at=info.created_at, expires_at=info.expires_at)
-                    )
-                    s.commit()
-            return self._wire(row.id), False
-        # The admitted row as it now is, without reading it back.
-        return wire_of(row.values | moved, row.metadata), True
+        return wire, False
 
     @overload
     async def create(self, actor: Principal, req: SandboxCreate) -> Sandbox: ...

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from hutch.api.deps import Services
-from hutch.db.models import SandboxRow
+from hutch.db.models import IdempotencyRow, SandboxRow
+from hutch.db.privacy import SandboxOwnerRow
 from hutch.models.api import Mode, Scope
 from hutch.models.exec import Stream
+from hutch.models.network import NetworkPolicy
 from tests.support.live_runner import LiveRunner
 from tests.unit.api.conftest import AppFactory, Client, World, build_world
+
+NETWORK_DEFAULTS = NetworkPolicy().model_dump()
 
 
 def _state(svc: Services, sandbox_id: str) -> str:
@@ -44,6 +50,48 @@ def test_create_persists_creating_before_the_runner_acts(
     assert sbx["project_id"] == world.project_id and sbx["mode"] == "live"
     assert sbx["expires_at"] > sbx["created_at"]
     assert client.get(f"/v1/sandboxes/{sbx['sandbox_id']}", headers=world.owner.h).json() == sbx
+
+
+def test_the_create_path_stores_rows_as_the_orm_reads_and_queries_them(
+    client: Client, world: World, svc: Services
+) -> None:
+    """The create path writes through DBAPI connections (hutch.db.raw); its rows must be the
+    ones SQLAlchemy writes: datetimes that compare equal in queries (SQLite keeps them as
+    text), JSON, metadata, the owner and the Idempotency-Key's record."""
+    network = {"allow_cidrs": ["10.1.0.0/16"], "allow_domains": ["*.example.com"]}
+    r = client.post(
+        "/v1/sandboxes",
+        headers={**world.owner.h, "Idempotency-Key": "parity-1"},
+        json={"metadata": {"k": "v", "k.2": "ü"}, "network": network},
+    )
+    assert r.status_code == 201, r.text
+    sbx = r.json()
+    created = datetime.fromisoformat(sbx["created_at"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(sbx["expires_at"].replace("Z", "+00:00"))
+    with svc.db.session() as s:
+        found = s.scalars(
+            select(SandboxRow).where(
+                SandboxRow.created_at == created,
+                SandboxRow.expires_at == expires,
+                SandboxRow.updated_at <= expires,
+            )
+        ).all()
+        assert [row.id for row in found] == [sbx["sandbox_id"]]
+        row = found[0]
+        assert row.state == "running" and row.network == {**NETWORK_DEFAULTS, **network}
+        assert {m.key: m.value for m in row.meta} == {"k": "v", "k.2": "ü"}
+        assert row.created_at.tzinfo is not None and row.ended_at is None
+        owner = s.get(SandboxOwnerRow, sbx["sandbox_id"])
+        assert owner is not None and owner.user_id == world.owner.user_id
+        record = s.scalars(select(IdempotencyRow).where(IdempotencyRow.key == "parity-1")).one()
+        assert record.status == 201 and json.loads(record.body or "") == sbx
+        assert record.created_at <= svc.clock.now() and record.created_at.tzinfo is not None
+    replay = client.post(
+        "/v1/sandboxes",
+        headers={**world.owner.h, "Idempotency-Key": "parity-1"},
+        json={"metadata": {"k": "v", "k.2": "ü"}, "network": network},
+    )
+    assert replay.json() == sbx and replay.headers["Idempotent-Replayed"] == "true"
 
 
 def test_env_values_are_never_persisted(client: Client, world: World, svc: Services) -> None:

@@ -3,6 +3,7 @@ lock is given back however a write transaction ends."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import column, func, insert, select, table, text
 from sqlalchemy.exc import IntegrityError
 
+from hutch.db.raw import SQLITE_BUSY_TIMEOUT_MS, WouldWait, without_waiting
 from hutch.db.session import Database
 
 
@@ -153,3 +155,39 @@ def test_a_raw_transaction_holds_the_lock_from_its_first_write_to_its_end(
     waiter.join(2.0)
     assert not waiter.is_alive() and not db.write_lock.locked()
     assert _count(db) == (3 if ending == "commit" else 2)
+
+
+def test_without_waiting_a_held_lock_or_a_busy_file_raises_at_once(
+    db: Database, tmp_path: Path
+) -> None:
+    """What the create path runs on the event loop must never wait: a writer lock held by
+    another thread, or the database file locked by another process, raise WouldWait at once,
+    before anything is written; afterwards the pooled connection waits as before."""
+    assert db.write_lock is not None
+    held = db.sessions()
+    held.execute(text("INSERT INTO t (v) VALUES ('held')"))  # another thread's writer
+    try:
+        t = time.perf_counter()
+        with pytest.raises(WouldWait), without_waiting(), db.raw() as tx:
+            tx.execute(_INSERT_T, {"v": "x"})
+        assert time.perf_counter() - t < 0.5
+    finally:
+        held.rollback()
+        held.close()
+    other = sqlite3.connect(tmp_path / "lock.db", isolation_level=None)  # another process
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        t = time.perf_counter()
+        with pytest.raises(WouldWait), without_waiting(), db.raw() as tx:
+            tx.execute(_INSERT_T, {"v": "x"})
+        assert time.perf_counter() - t < 0.5, "SQLite's busy timeout did not apply"
+        assert not db.write_lock.locked()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with without_waiting(), db.raw() as tx:  # nothing in the way: done at once
+        tx.execute(_INSERT_T, {"v": "free"})
+        pooled = tx._conn.dbapi_connection
+        assert pooled.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    assert pooled.execute("PRAGMA busy_timeout").fetchone() == (SQLITE_BUSY_TIMEOUT_MS,)
+    assert _count(db) == 1

@@ -9,6 +9,12 @@ column types' own bind processors (the same conversions SQLAlchemy applies), and
 is a pooled DBAPI connection, its cursor and a commit. Errors are raised as SQLAlchemy's
 exceptions, so callers catch the same `IntegrityError` either way.
 
+Without waiting (`without_waiting`): SQLite work this short costs less than handing it to a
+worker thread and back (two thread wake-ups), so the create path may run it on the event loop,
+but the loop must never wait: there a writer lock another thread holds, or a database another
+process is writing, raises `WouldWait` at once instead (before anything was written), and the
+caller does the work in a worker thread after all.
+
 Only for statements whose parameters are all bound values (no expanding IN lists) and INSERTs
 that give every column they need (Python-side column defaults are not applied): the callers
 keep to those.
@@ -17,8 +23,11 @@ keep to those.
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Dialect, Insert
@@ -28,6 +37,42 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 if TYPE_CHECKING:
     from hutch.db.session import Database
+
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for another process's transaction
+_SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_no_wait: ContextVar[bool] = ContextVar("hutch_db_no_wait", default=False)
+
+
+class WouldWait(Exception):
+    """The work would have to wait for a lock (raised only inside `without_waiting`)."""
+
+
+@contextmanager
+def without_waiting() -> Iterator[None]:
+    """Within the block, database locks are taken only if free (else `WouldWait`)."""
+    token = _no_wait.set(True)
+    try:
+        yield
+    finally:
+        _no_wait.reset(token)
+
+
+def waiting_allowed() -> bool:
+    """False inside `without_waiting`."""
+    return not _no_wait.get()
+
+
+@contextmanager
+def holding(lock: threading.Lock) -> Iterator[None]:
+    """`with lock`, except that inside `without_waiting` a lock held elsewhere raises
+    `WouldWait`."""
+    if not lock.acquire(blocking=waiting_allowed()):
+        raise WouldWait
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # Statements after which pysqlite has opened a write transaction (it issues BEGIN right before
@@ -104,6 +149,8 @@ class Transaction:
             self._cursor.execute(prepared.sql, params)
             raw = self._cursor.fetchall() if self._cursor.description is not None else []
         except self._dbapi_error as e:
+            if _busy(e) and not waiting_allowed():
+                raise WouldWait from e
             raise DBAPIError.instance(
                 prepared.sql, params, e, self._dbapi_error, dialect=self._db.engine.dialect
             ) from e
@@ -115,6 +162,18 @@ class Transaction:
         return rows[0] if rows else None
 
 
+def _pragma(dbapi: Any, sql: str) -> None:
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+
+
+def _busy(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) in _SQLITE_BUSY
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Transaction]:
     """A transaction on a pooled DBAPI connection: committed when the block ends, rolled back
@@ -122,11 +181,21 @@ def transaction(db: Database) -> Iterator[Transaction]:
     conn = db.engine.raw_connection()
     dbapi = conn.dbapi_connection  # still known after an invalidation
     tx: Transaction | None = None
+    # Without waiting, SQLite answers SQLITE_BUSY at once instead of waiting for another
+    # process's write (pysqlite runs PRAGMAs outside any transaction).
+    nowait = db.write_lock is not None and not waiting_allowed()
     try:
+        if nowait:
+            _pragma(dbapi, "PRAGMA busy_timeout = 0")
         tx = Transaction(db, conn)
         try:
             yield tx
-            conn.commit()
+            try:
+                conn.commit()
+            except sqlite3.Error as e:
+                if _busy(e) and nowait:
+                    raise WouldWait from e
+                raise
         except BaseException:
             try:
                 conn.rollback()
@@ -138,4 +207,6 @@ def transaction(db: Database) -> Iterator[Transaction]:
     finally:
         if tx is not None and tx.held and db.write_lock is not None:
             db.write_lock.release(dbapi)
+        if nowait and conn.dbapi_connection is not None:  # (gone if invalidated)
+            _pragma(dbapi, f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         conn.close()  # back to the pool

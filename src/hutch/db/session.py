@@ -16,7 +16,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import ClauseElement
 
-from hutch.db.raw import SQLITE_WRITE, Prepared, Transaction, transaction
+from hutch.db.raw import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_WRITE,
+    Prepared,
+    Transaction,
+    WouldWait,
+    transaction,
+    waiting_allowed,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # anyio's default worker-thread limit: no more sessions than that are ever open at once.
@@ -38,7 +46,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -100,7 +108,10 @@ class SQLiteWriteLock:
         owner = id(dbapi_connection)
         if self._holder == owner:
             return
-        if not self._lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
+        if not waiting_allowed():
+            if not self._lock.acquire(blocking=False):
+                raise WouldWait
+        elif not self._lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
             raise sqlite3.OperationalError(
                 f"database is locked: another writer held it for over {_WRITE_LOCK_TIMEOUT_S:.0f} s"
             )
@@ -164,6 +175,12 @@ class Database:
         if prepared is None:
             prepared = self._prepared[cache_key] = Prepared(stmt, self.engine.dialect, keys)
         return prepared
+
+    @property
+    def inline(self) -> bool:
+        """Whether short transactions may run on the event loop, without waiting (see
+        hutch.db.raw): SQLite's work is in-process; PostgreSQL's is a network round trip."""
+        return self.write_lock is not None
 
     def raw(self) -> AbstractContextManager[Transaction]:
         """A transaction on a pooled DBAPI connection for hot statements (see hutch.db.raw)."""

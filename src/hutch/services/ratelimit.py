@@ -37,3 +37,10 @@ class TokenBucket:
                 b.tokens -= 1.0
                 return None
             return (1.0 - b.tokens) / self.per_second
+
+    def give_back(self, key: str) -> None:
+        """Return the token `take` spent for a request that will be taken again."""
+        with self._lock:
+            b = self._buckets.get(key)
+            if b is not None:
+                b.tokens = min(self.capacity, b.tokens + 1.0)

@@ -3,13 +3,16 @@ timeout, stats, proxying."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from hutch.api.deps import Services
 from hutch.db.models import IdempotencyRow, SandboxRow
@@ -92,6 +95,41 @@ def test_the_create_path_stores_rows_as_the_orm_reads_and_queries_them(
         json={"metadata": {"k": "v", "k.2": "ü"}, "network": network},
     )
     assert replay.json() == sbx and replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_create_that_would_wait_for_the_database_leaves_the_event_loop_free(
+    client: Client, world: World, svc: Services
+) -> None:
+    """With SQLite the create path's transactions run on the event loop when nothing is in
+    the way; while another writer holds the database, the create waits in a worker thread
+    instead, and the server keeps answering. The retried admission spends one rate token."""
+    if not svc.db.inline:
+        pytest.skip("only SQLite runs transactions on the event loop")
+    limiter = svc.sandboxes.limiter
+    # The key's first use records its last-used time, a write: have that done first.
+    assert client.get("/v1/sandboxes", headers=world.owner.h).status_code == 200
+    held = svc.db.sessions()
+    held.execute(text("UPDATE projects SET name = name WHERE id = :p"), {"p": world.project_id})
+
+    async def scenario() -> int:
+        create = asyncio.create_task(
+            client.http.post("/v1/sandboxes", headers=world.owner.h, json={})
+        )
+        try:
+            await asyncio.sleep(0.5)
+            assert not create.done(), "the create waits for the writer"
+            t = time.monotonic()
+            listed = await asyncio.wait_for(
+                client.http.get("/v1/sandboxes", headers=world.owner.h), 5
+            )
+            assert listed.status_code == 200 and time.monotonic() - t < 2.0, "the loop answers"
+        finally:
+            held.rollback()
+            held.close()
+        return (await asyncio.wait_for(create, 30)).status_code
+
+    assert client.run(scenario()) == 201
+    assert limiter._buckets[world.project_id].tokens == limiter.capacity - 1
 
 
 def test_env_values_are_never_persisted(client: Client, world: World, svc: Services) -> None:

@@ -129,6 +129,8 @@ class SandboxRow(Base):
     __table_args__ = (
         Index("ix_sandboxes_project_id_mode_id", "project_id", "mode", "id"),
         Index("ix_sandboxes_state", "state"),
+        # The quota check on every create counts a project's active sandboxes.
+        Index("ix_sandboxes_project_id_state", "project_id", "state"),
     )
 
 

@@ -158,7 +158,14 @@ class Database:
                 # As many kept connections as requests may use at once (one per worker
                 # thread): with the default five, concurrent requests open and close overflow
                 # connections all the time, each paying for a file handle and its pragmas.
-                kwargs |= {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
+                # Last in, first out: each connection has its own page cache, which SQLite
+                # keeps while nobody else wrote; the most recently used one is the likeliest
+                # to still hold the pages the next request reads.
+                kwargs |= {
+                    "pool_size": SQLITE_POOL_SIZE,
+                    "max_overflow": SQLITE_POOL_SIZE,
+                    "pool_use_lifo": True,
+                }
         self.engine: Engine = create_engine(self.url, **kwargs)
         self.write_lock: SQLiteWriteLock | None = None
         if self.dialect == "sqlite":

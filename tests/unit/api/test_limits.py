@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from sqlalchemy import inspect
 
+from hutch.db.session import Database
 from hutch.services.clock import FakeClock
 from tests.unit.api.conftest import AppFactory, Client, World, build_world
 
@@ -53,3 +55,18 @@ def test_create_rate_limit(make_app: AppFactory) -> None:
         assert len(items) == 4
     finally:
         client.close()
+
+
+def test_the_quota_count_reads_only_active_sandboxes(database: Database) -> None:
+    """Every create counts the project's active sandboxes; the count must come from an index
+    of (project, state), not from walking every sandbox the project ever had."""
+    from hutch.services.sandboxes import _COUNT_ACTIVE
+
+    with database.engine.connect() as conn:
+        sql = str(_COUNT_ACTIVE.compile(dialect=conn.dialect))
+        if database.dialect == "sqlite":
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", ("prj_x",)).all()
+            assert any("ix_sandboxes_project_id_state" in row[-1] for row in plan), plan
+        else:  # the planner's choice depends on table size; the index must exist
+            names = {ix["name"] for ix in inspect(conn).get_indexes("sandboxes")}
+            assert "ix_sandboxes_project_id_state" in names

@@ -6,14 +6,16 @@ them cost several times that, and most of all after the process has been idle fo
 milliseconds (its long code paths start from cold caches every time), which is how an API sees
 creates. Here a Core statement is compiled once per database, its parameters go through the
 column types' own bind processors (the same conversions SQLAlchemy applies), and a transaction
-is a pooled DBAPI connection, its cursor and a commit. Errors are raised as SQLAlchemy's
-exceptions, so callers catch the same `IntegrityError` either way.
+is a pooled DBAPI connection, its cursor and a commit. Database errors of its statements and
+commit are raised as SQLAlchemy's exceptions, so callers catch the same `IntegrityError`
+either way.
 
 Without waiting (`without_waiting`): SQLite work this short costs less than handing it to a
 worker thread and back (two thread wake-ups), so the create path may run it on the event loop,
-but the loop must never wait: there a writer lock another thread holds, or a database another
-process is writing, raises `WouldWait` at once instead (before anything was written), and the
-caller does the work in a worker thread after all.
+where it must not wait: a writer lock another thread holds, a database another process is
+writing (SQLite's busy timeout is 0 on connections checked out meanwhile, see
+hutch.db.session) or a pool with no free connection raise `WouldWait` at once instead, before
+anything was written, and the caller does the work in a worker thread after all.
 
 Only for statements whose parameters are all bound values (no expanding IN lists) and INSERTs
 that give every column they need (Python-side column defaults are not applied): the callers
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Dialect, Insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -141,15 +144,15 @@ class Transaction:
         sets the columns named by the keys of `values`, and only those."""
         prepared = self._db.prepared(stmt, tuple(values) if isinstance(stmt, Insert) else None)
         params = prepared.params(values)
-        if prepared.writes and self._lock is not None and not self.held:
-            # As SQLAlchemy's executions do: the lock from the first write to the commit.
-            self._lock.hold(self._conn.dbapi_connection)
-            self.held = True
         try:
+            if prepared.writes and self._lock is not None and not self.held:
+                # As SQLAlchemy's executions do: the lock from the first write to the commit.
+                self._lock.hold(self._conn.dbapi_connection)
+                self.held = True
             self._cursor.execute(prepared.sql, params)
             raw = self._cursor.fetchall() if self._cursor.description is not None else []
         except self._dbapi_error as e:
-            if _busy(e) and not waiting_allowed():
+            if busy(e) and not waiting_allowed():
                 raise WouldWait from e
             raise DBAPIError.instance(
                 prepared.sql, params, e, self._dbapi_error, dialect=self._db.engine.dialect
@@ -162,40 +165,39 @@ class Transaction:
         return rows[0] if rows else None
 
 
-def _pragma(dbapi: Any, sql: str) -> None:
-    cursor = dbapi.cursor()
-    try:
-        cursor.execute(sql)
-    finally:
-        cursor.close()
-
-
-def _busy(e: BaseException) -> bool:
-    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) in _SQLITE_BUSY
+def busy(e: BaseException | None) -> bool:
+    """Whether `e` is SQLite's BUSY or LOCKED (in any of their extended forms)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(e, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _SQLITE_BUSY
 
 
 @contextmanager
 def transaction(db: Database) -> Iterator[Transaction]:
     """A transaction on a pooled DBAPI connection: committed when the block ends, rolled back
     if it raises."""
+    pool = db.engine.pool
+    if (
+        not waiting_allowed()
+        and isinstance(pool, QueuePool)
+        and pool.checkedin() == 0
+        and pool.overflow() >= pool._max_overflow  # every connection is in use: would wait
+    ):
+        raise WouldWait
     conn = db.engine.raw_connection()
     dbapi = conn.dbapi_connection  # still known after an invalidation
     tx: Transaction | None = None
-    # Without waiting, SQLite answers SQLITE_BUSY at once instead of waiting for another
-    # process's write (pysqlite runs PRAGMAs outside any transaction).
-    nowait = db.write_lock is not None and not waiting_allowed()
     try:
-        if nowait:
-            _pragma(dbapi, "PRAGMA busy_timeout = 0")
         tx = Transaction(db, conn)
         try:
             yield tx
             try:
                 conn.commit()
-            except sqlite3.Error as e:
-                if _busy(e) and nowait:
+            except tx._dbapi_error as e:
+                if busy(e) and not waiting_allowed():
                     raise WouldWait from e
-                raise
+                raise DBAPIError.instance(
+                    "COMMIT", None, e, tx._dbapi_error, dialect=db.engine.dialect
+                ) from e
         except BaseException:
             try:
                 conn.rollback()
@@ -205,8 +207,8 @@ def transaction(db: Database) -> Iterator[Transaction]:
         finally:
             tx._cursor.close()
     finally:
-        if tx is not None and tx.held and db.write_lock is not None:
-            db.write_lock.release(dbapi)
-        if nowait and conn.dbapi_connection is not None:  # (gone if invalidated)
-            _pragma(dbapi, f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        conn.close()  # back to the pool
+        try:
+            if tx is not None and tx.held and db.write_lock is not None:
+                db.write_lock.release(dbapi)
+        finally:
+            conn.close()  # back to the pool

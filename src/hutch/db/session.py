@@ -22,6 +22,7 @@ from hutch.db.raw import (
     Prepared,
     Transaction,
     WouldWait,
+    busy,
     transaction,
     waiting_allowed,
 )
@@ -52,6 +53,36 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 _WRITE_LOCK_TIMEOUT_S = 10.0
+
+
+def _pragma(dbapi_conn: Any, sql: str) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        cur.close()
+
+
+def _nowait_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    # Checked out to work without waiting (hutch.db.raw): SQLite answers BUSY at once instead
+    # of waiting for another process's write.
+    if not waiting_allowed():
+        _pragma(dbapi_conn, "PRAGMA busy_timeout = 0")
+        record.info["hutch_nowait"] = True
+
+
+def _nowait_checkin(dbapi_conn: Any, record: Any) -> None:
+    if record.info.pop("hutch_nowait", False) and dbapi_conn is not None:
+        try:
+            _pragma(dbapi_conn, f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        except Exception as e:
+            record.invalidate(e)  # never handed out again without its busy timeout
+
+
+def _nowait_busy(context: Any) -> None:
+    # Without waiting, BUSY from SQLAlchemy's executions is WouldWait too (not a 500).
+    if not waiting_allowed() and busy(context.original_exception):
+        raise WouldWait from context.original_exception
 
 
 class SQLiteWriteLock:
@@ -170,6 +201,9 @@ class Database:
         self.write_lock: SQLiteWriteLock | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "checkout", _nowait_checkout)
+            event.listen(self.engine, "checkin", _nowait_checkin)
+            event.listen(self.engine, "handle_error", _nowait_busy)
             self.write_lock = SQLiteWriteLock()
             self.write_lock.install(self.engine)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)

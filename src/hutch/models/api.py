@@ -139,7 +139,9 @@ class User(WireModel):
 class UserCreate(WireModel):
     """Create a user (server administrators only)."""
 
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(
+        min_length=3, max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+    )
     name: str = NAME_FIELD
     is_admin: bool = False
 

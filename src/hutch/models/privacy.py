@@ -15,7 +15,8 @@ SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 SECRET_NAME_RE = re.compile(SECRET_NAME_PATTERN)
 SECRET_VALUE_MAX = 64 * 1024
 MAX_SANDBOX_SECRETS = 64
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# No control characters (PostgreSQL text refuses NUL; none belongs in an address).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 
 
 # --- secrets ---

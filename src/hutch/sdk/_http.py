@@ -144,7 +144,7 @@ class _Pool:
         self.httpx = httpx.HTTPTransport(
             verify=tls, limits=httpx.Limits(max_keepalive_connections=64)
         )
-        self.wire = Connections(api_url, tls if api_url.startswith("https:") else None)
+        self.wire = Connections(api_url, tls)
         self.users = 0
 
     def close(self) -> None:
@@ -294,6 +294,7 @@ class SyncHttp:
 
     def close(self) -> None:
         """Release this client's connections (shared ones once no open client uses them)."""
+        self._wire = None  # later calls meet the closed httpx client, which refuses them
         self._client.close()
 
 

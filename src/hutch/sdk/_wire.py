@@ -18,12 +18,14 @@ import select
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import httpx
 
+IDLE_EXPIRY_S = 5.0
 _HEAD_MAX = 64 * 1024  # status line and headers of one response
 _RECV = 256 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -39,12 +41,13 @@ def json_body(value: object) -> bytes:
 
 
 class _Conn:
-    """One connection."""
+    """One connection, and when it was last given back idle."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("idle_since", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.sock.close()
@@ -55,10 +58,11 @@ class _Conn:
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return True
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            poller = select.poll()  # (select() cannot watch descriptors past 1023)
+            poller.register(self.sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
 
 class Connections:
@@ -66,19 +70,19 @@ class Connections:
     connection at a time)."""
 
     def __init__(self, api_url: str, tls: ssl.SSLContext | None = None, max_idle: int = 64) -> None:
-        parts = urlsplit(api_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        url = httpx.URL(api_url)  # as httpx reads it: scheme in any case, IDNA host names
+        if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"not an http(s) URL: {api_url!r}")
-        self.tls = tls if parts.scheme == "https" else None
-        if parts.scheme == "https" and self.tls is None:
+        self.tls = tls if url.scheme == "https" else None
+        if url.scheme == "https" and self.tls is None:
             raise ValueError("an https URL needs a TLS context")
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = parts.port is None or parts.port == (443 if self.tls else 80)
+        self.host = url.raw_host.decode("ascii")
+        default = 443 if url.scheme == "https" else 80
+        self.port = url.port or default
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.authority = host if default_port else f"{host}:{self.port}"
-        self.prefix = parts.path.rstrip("/")
-        self.url = f"{parts.scheme}://{self.authority}{self.prefix}"
+        self.authority = host if self.port == default else f"{host}:{self.port}"
+        self.prefix = url.raw_path.decode("ascii").split("?", 1)[0].rstrip("/")
+        self.url = f"{url.scheme}://{self.authority}{self.prefix}"
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
@@ -111,11 +115,16 @@ class Connections:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._connect(timeout)
-            if not conn.closed_by_peer():
+            # Idle too long: a middlebox may have forgotten the flow without telling either
+            # end (the next request would wait out its timeout), and servers close idle
+            # connections (uvicorn after 5 s). httpx's pool keeps them as long.
+            fresh = time.monotonic() - conn.idle_since < IDLE_EXPIRY_S
+            if fresh and not conn.closed_by_peer():
                 return conn
             conn.close()
 
     def _checkin(self, conn: _Conn) -> None:
+        conn.idle_since = time.monotonic()
         with self._lock:
             if not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(conn)
@@ -147,7 +156,17 @@ class Connections:
         conn = self._checkout(timeout)
         try:
             conn.sock.settimeout(timeout)
-            self._send(conn, head, body)
+            try:
+                self._send(conn, head, body)
+            except httpx.WriteError as e:
+                # A server may answer before reading the whole body (e.g. 413) and close:
+                # its answer is worth more than the failed write.
+                try:
+                    status, fields, content, _ = _read_response(conn, method)
+                except httpx.HTTPError:
+                    raise e from None
+                conn.close()
+                return httpx.Response(status, headers=fields, content=content)
             status, fields, content, reusable = _read_response(conn, method)
         except BaseException:
             conn.close()

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from hutch.db.models import ProjectRow, SandboxMetadataRow, SandboxRow
 from hutch.db.privacy import SandboxOwnerRow
-from hutch.db.raw import Transaction, WouldWait, holding, without_waiting
+from hutch.db.raw import Transaction, WouldWait, holding, waiting_allowed, without_waiting
 from hutch.db.session import Database
 from hutch.ids import new_id
 from hutch.models.api import Mode, Page, Sandbox, SandboxCreate, Scope
@@ -307,7 +307,7 @@ class SandboxService:
         """A repeated Idempotency-Key's first answer; else the rate limit, the guards, the
         environment (secrets decrypted only for an admitted account, and before anything is
         persisted: an unknown name leaves nothing behind), then quota and the `creating` row.
-        One worker-thread hop for all of it."""
+        All of it in one go: on the event loop or in one worker thread (see `_database`)."""
         if claim is not None:
             with self.db.raw() as tx:
                 stored = self.idempotency.find(tx, claim)
@@ -338,50 +338,50 @@ class SandboxService:
         # after a change through this process, within the principal cache's TTL otherwise.
         refuse_if_suspended(actor.suspended)
         project = {"p_project": actor.project_id}
-        # Statements built once, on a DBAPI connection (hutch.db.raw): the ORM session, and
-        # even SQLAlchemy's execution layer, cost more than these statements.
-        with holding(self._quota_lock), self.db.raw() as tx:
-            if claim is not None:  # a concurrent request with the same key: 409 here
-                self.idempotency.take(tx, claim)
-            if self.db.dialect != "sqlite":  # SQLite has one writer and no row locks
-                tx.execute(_LOCK_PROJECT, project)
-            counted = tx.first(_COUNT_ACTIVE, project)
-            active = counted[0] if counted is not None else 0
-            if (active or 0) >= self.limits.max_concurrent:
-                raise HutchError(
-                    ErrorCode.quota_exceeded,
-                    f"the project already has {active} active sandboxes; at most "
-                    f"{self.limits.max_concurrent} may run at once",
-                    headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
-                )
-            values: dict[str, Any] = {
-                "id": new_id("sbx"),
-                "project_id": actor.project_id,
-                "mode": actor.mode.value,
-                "template": spec.template,
-                "isolation": spec.isolation.value,
-                "vcpu": spec.vcpu,
-                "memory_mb": spec.memory_mb,
-                "disk_mb": spec.disk_mb,
-                "timeout_s": spec.timeout_s,
-                "state": SandboxState.creating.value,
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": now + timedelta(seconds=spec.timeout_s),
-                "network": spec.network.model_dump() if spec.network is not None else None,
-            }
-            sid = values["id"]
-            # In flight before the row is visible, so the reconciler never takes it for an
-            # interrupted create.
-            self.inflight.add(sid)
-            try:
+        values: dict[str, Any] = {
+            "id": new_id("sbx"),
+            "project_id": actor.project_id,
+            "mode": actor.mode.value,
+            "template": spec.template,
+            "isolation": spec.isolation.value,
+            "vcpu": spec.vcpu,
+            "memory_mb": spec.memory_mb,
+            "disk_mb": spec.disk_mb,
+            "timeout_s": spec.timeout_s,
+            "state": SandboxState.creating.value,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": now + timedelta(seconds=spec.timeout_s),
+            "network": spec.network.model_dump() if spec.network is not None else None,
+        }
+        sid = values["id"]
+        try:
+            # Statements built once, on a DBAPI connection (hutch.db.raw): the ORM session, and
+            # even SQLAlchemy's execution layer, cost more than these statements.
+            with holding(self._quota_lock), self.db.raw() as tx:
+                if claim is not None:  # a concurrent request with the same key: 409 here
+                    self.idempotency.take(tx, claim)
+                if self.db.dialect != "sqlite":  # SQLite has one writer and no row locks
+                    tx.execute(_LOCK_PROJECT, project)
+                counted = tx.first(_COUNT_ACTIVE, project)
+                active = counted[0] if counted is not None else 0
+                if active >= self.limits.max_concurrent:
+                    raise HutchError(
+                        ErrorCode.quota_exceeded,
+                        f"the project already has {active} active sandboxes; at most "
+                        f"{self.limits.max_concurrent} may run at once",
+                        headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+                    )
+                # In flight before the row is visible, so the reconciler never takes it for an
+                # interrupted create.
+                self.inflight.add(sid)
                 tx.execute(_INSERT_SANDBOX, values)
                 for k, v in spec.metadata.items():
                     tx.execute(_INSERT_METADATA, {"sandbox_id": sid, "key": k, "value": v})
                 tx.execute(_INSERT_OWNER, {"sandbox_id": sid, "user_id": actor.user_id})
-            except BaseException:
-                self.inflight.discard(sid)
-                raise
+        except BaseException:  # nothing was committed (the commit itself may have failed)
+            self.inflight.discard(sid)
+            raise
         # The row as stored, for the answer (no ORM object: nobody changes it).
         return Admitted(
             values | {"ended_at": None, "end_reason": None}, dict(sorted(spec.metadata.items()))
@@ -481,7 +481,10 @@ class SandboxService:
         if hit is not None:
             self._remember(row.id, state.value, *hit)
             return wire, True
-        # No longer `creating`: killed meanwhile, or settled elsewhere.
+        # No longer `creating`: killed meanwhile, or settled elsewhere. Rare, and done through
+        # ORM sessions: in a worker thread.
+        if not waiting_allowed():
+            raise WouldWait
         if info.state == SandboxState.running.value:
             with self.db.session() as s:
                 s.execute(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,11 +16,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from hutch.sdk import _ops
+from hutch.sdk import _ops, _wire
 from hutch.sdk._http import SyncHttp
 from hutch.sdk._wire import Connections
 from hutch.sdk.config import ConnectionConfig, RetryPolicy
-from hutch.sdk.exceptions import APIConnectionError, RequestTimeoutError
+from hutch.sdk.exceptions import APIConnectionError, HutchSDKError, RequestTimeoutError
 
 SANDBOX = {
     "sandbox_id": "sbx_1",
@@ -261,3 +262,75 @@ def test_header_values_that_would_split_the_request_are_refused_unquoted() -> No
     assert "SECRET" not in str(e.value)
     with pytest.raises(httpx.LocalProtocolError):
         wire.request("GET", "/v1/me", headers={"Bad Name": "x"})
+
+
+def test_an_answer_sent_before_the_body_was_read_is_not_lost(
+    script: Callable[..., Script],
+) -> None:
+    """A server may refuse a large upload from its headers (413) and close without reading
+    the body: the caller gets that answer, typed, not a failed write retried four times."""
+    problem = json.dumps({"title": "too large", "status": 413, "code": "payload_too_large"})
+
+    def refuse(conn: socket.socket) -> None:
+        body = problem.encode()
+        conn.sendall(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/problem+json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        conn.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)  # then close with the body unread: the client's write fails
+
+    s = Script([])
+    s.replies = [refuse]
+    s._one = _refusing_reader(s)  # type: ignore[method-assign]
+    http = _http(s.url, attempts=4)
+    try:
+        with pytest.raises(HutchSDKError) as e:
+            http.send(_ops.write_file("sbx_1", "/tmp/big"), b"x" * (32 * 1024 * 1024))
+        assert e.value.status == 413
+        assert s.connections == 1  # not retried
+    finally:
+        http.close()
+        s.close()
+
+
+def _refusing_reader(s: Script) -> Callable[[socket.socket], None]:
+    """A connection handler that reads only the request's head, then runs the reply."""
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            reply = s.replies.pop(0)
+            assert callable(reply)
+            reply(conn)
+
+    return one
+
+
+def test_idle_connections_expire_and_urls_are_read_as_httpx_reads_them(
+    script: Callable[..., Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_wire, "IDLE_EXPIRY_S", 0.2)
+    s = script([_ok(), _ok(), _ok()])
+    http = _http(s.url)
+    try:
+        http.send(_ops.get_sandbox("sbx_1"))
+        http.send(_ops.get_sandbox("sbx_1"))
+        assert s.connections == 1
+        time.sleep(0.3)  # longer idle than the expiry: a middlebox may have forgotten it
+        http.send(_ops.get_sandbox("sbx_1"))
+        assert s.connections == 2
+    finally:
+        http.close()
+    tls = ssl.create_default_context()
+    wire = Connections("HTTPS://Bücher.example:8443/base/", tls)
+    assert (wire.host, wire.port, wire.authority) == (
+        "xn--bcher-kva.example",
+        8443,
+        "xn--bcher-kva.example:8443",
+    )
+    assert wire.url == "https://xn--bcher-kva.example:8443/base" and wire.tls is tls
+    assert Connections("http://[::1]:80", tls).authority == "[::1]"

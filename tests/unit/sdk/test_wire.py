@@ -21,17 +21,8 @@ from hutch.sdk._http import SyncHttp
 from hutch.sdk._wire import Connections
 from hutch.sdk.config import ConnectionConfig, RetryPolicy
 from hutch.sdk.exceptions import APIConnectionError, HutchSDKError, RequestTimeoutError
+from tests.unit.sdk.test_http import SANDBOX
 
-SANDBOX = {
-    "sandbox_id": "sbx_1",
-    "template": "base",
-    "isolation": "namespace",
-    "vcpu": 1,
-    "memory_mb": 1024,
-    "disk_mb": 4096,
-    "state": "running",
-    "created_at": "2030-01-01T00:00:00Z",
-}
 BODY = json.dumps(SANDBOX).encode()
 
 
